@@ -1,0 +1,195 @@
+"""Typed training configuration: the schema Hydra composes into, validated before any work starts.
+
+The dataclasses are registered as Hydra structured configs, so a misspelt key or a value of the
+wrong type fails at composition; `__post_init__` checks the values and names the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_INITS = ("default", "gaussian", "pissa", "olora")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+CROPS = ("center", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names its key."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    """Where the SDXL parts come from and in which precision the frozen ones live."""
+
+    name: str = "sdxl_base"
+    pretrained: str = "stabilityai/stable-diffusion-xl-base-1.0"  # hub id or local diffusers dir
+    random_init: Optional[str] = None  # a packaged spec ("tiny", "sdxl") to build with random weights
+    materialise: bool = True  # write a random model to `pretrained` once and load it from there
+    seed: int = 0  # seed of the random weights
+    variant: Optional[str] = None  # e.g. "fp16" for the hub's half-precision files
+    revision: Optional[str] = None
+    vae: Optional[str] = None  # a VAE override, e.g. madebyollin/sdxl-vae-fp16-fix
+    dtype: str = "float32"  # frozen UNet and text encoders; LoRA weights always train in float32
+    vae_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        _require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
+        _require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
+        if self.random_init is not None:
+            from aldar_lit.models.random_init import spec_dir
+
+            spec_dir(self.random_init)
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA on the UNet's attention projections and on both CLIP text encoders."""
+
+    rank: int = 64
+    alpha: float = 64.0
+    dropout: float = 0.0
+    init: str = "gaussian"
+    unet_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
+    train_text_encoders: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
+        _require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        _require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.init in LORA_INITS, "lora.init", f"must be one of {LORA_INITS}, got {self.init!r}")
+        _require(len(self.unet_targets) > 0, "lora.unet_targets", "must name at least one module")
+        if self.train_text_encoders:
+            _require(len(self.text_encoder_targets) > 0, "lora.text_encoder_targets", "must name at least one module")
+
+
+@dataclass
+class DemoDataConfig:
+    """The procedurally drawn demo character, generated into `data.root` on first use."""
+
+    num_images: int = 24
+    size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """A folder of images with sidecar `.txt` captions or a `metadata.jsonl`."""
+
+    root: str = "???"
+    trigger: str = "aldar_kose_man"
+    resolution: int = 1024
+    crop: str = "center"
+    random_flip: bool = False
+    batch_size: int = 4
+    num_workers: int = 4
+    demo: Optional[DemoDataConfig] = None
+    validation_prompts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
+                 f"must be a positive multiple of 8, got {self.resolution}")
+        _require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
+        _require(self.batch_size > 0, "data.batch_size", f"must be a positive integer, got {self.batch_size}")
+        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(bool(self.trigger.strip()), "data.trigger", "must not be empty")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and LR schedule as Hydra `_partial_` factories, plus one learning rate per model part."""
+
+    optimizer: Any = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True})
+    scheduler: Any = field(
+        default_factory=lambda: {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
+    )
+    unet_lr: float = 1e-4
+    text_encoder_lr: float = 5e-5
+
+    def __post_init__(self) -> None:
+        _require(self.unet_lr > 0, "optim.unet_lr", f"must be positive, got {self.unet_lr}")
+        _require(self.text_encoder_lr > 0, "optim.text_encoder_lr", f"must be positive, got {self.text_encoder_lr}")
+        for key, node in (("optim.optimizer", self.optimizer), ("optim.scheduler", self.scheduler)):
+            _require(isinstance(node, dict) and "_target_" in node, key, "must be a mapping with a `_target_`")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The denoising loss: prediction target and the usual re-weightings."""
+
+    prediction_type: Optional[str] = None  # None: take it from the model's scheduler config
+    noise_offset: float = 0.0
+    min_snr_gamma: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.prediction_type is not None:
+            _require(self.prediction_type in PREDICTION_TYPES, "objective.prediction_type",
+                     f"must be one of {PREDICTION_TYPES} or null, got {self.prediction_type!r}")
+        _require(self.noise_offset >= 0, "objective.noise_offset", f"must be >= 0, got {self.noise_offset}")
+        if self.min_snr_gamma is not None:
+            _require(self.min_snr_gamma > 0, "objective.min_snr_gamma", f"must be positive, got {self.min_snr_gamma}")
+
+
+@dataclass
+class CheckpointConfig:
+    """LoRA-only Lightning checkpoints under `<run dir>/checkpoints`."""
+
+    every_n_train_steps: Optional[int] = None  # None: at the end of training only
+    save_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_n_train_steps is not None:
+            _require(self.every_n_train_steps > 0, "checkpoint.every_n_train_steps",
+                     f"must be a positive integer, got {self.every_n_train_steps}")
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/aldar_lit"
+    output_dir: str = "."
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    trainer: Any = field(default_factory=lambda: {"_target_": "lightning.Trainer"})
+    logger: Any = field(default_factory=dict)  # name -> Lightning logger spec (`_target_`)
+    seed: int = 0
+    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint
+    optimized_metric: str = "train/loss"  # what train.py returns to a Hydra sweeper
+    experiment: Optional[str] = None  # set by experiment configs, for logs
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.trainer, dict) and "_target_" in self.trainer, "trainer",
+                 "must be a mapping with a `_target_`")
+
+
+def register_configs() -> None:
+    """Make the schema available to `conf/train.yaml` as `train_schema`."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError("the config was not composed on the `train_schema` (conf/train.yaml's defaults list)")
+    return config

@@ -1,0 +1,1 @@
+"""SDXL parts: loading (pretrained, tiny, full-size random), LoRA attachment and export."""

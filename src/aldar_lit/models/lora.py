@@ -1,0 +1,57 @@
+"""Attach PEFT LoRA adapters to the SDXL parts and read their weights back.
+
+Adapters are injected with peft's own `inject_adapter_in_model` for all three parts: transformers
+5's `PreTrainedModel.add_adapter` asks for a newer peft than exists, and one code path for the UNet
+and both text encoders is simpler anyway.
+"""
+
+from __future__ import annotations
+
+import peft
+import torch
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+from aldar_lit.config import LoraConfig
+
+ADAPTER = "default"
+UNET, TE1, TE2 = "unet", "text_encoder", "text_encoder_2"
+PARTS = (UNET, TE1, TE2)
+
+
+def peft_lora_config(cfg: LoraConfig, part: str) -> peft.LoraConfig:
+    return peft.LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        init_lora_weights=True if cfg.init == "default" else cfg.init,
+        target_modules=list(cfg.unet_targets if part == UNET else cfg.text_encoder_targets),
+    )
+
+
+def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.Module]:
+    """Freeze every part, inject LoRA into the trained ones; return those, keyed by part.
+
+    The LoRA weights are kept in float32 whatever the frozen weights' dtype, so that the
+    optimizer never steps half-precision parameters.
+    """
+    trained = {UNET: models[UNET]}
+    if cfg.train_text_encoders:
+        trained.update({TE1: models[TE1], TE2: models[TE2]})
+    for model in models.values():
+        model.requires_grad_(False)
+    for part, model in trained.items():
+        peft.inject_adapter_in_model(peft_lora_config(cfg, part), model, adapter_name=ADAPTER)
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+        if not any(p.requires_grad for p in model.parameters()):
+            key = "lora.unet_targets" if part == UNET else "lora.text_encoder_targets"
+            raise ValueError(f"{key}: no module of the {part} matched; its targets do not exist in this model")
+    return trained
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights of one part in PEFT layout (`...lora_A.weight`), detached copies."""
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}

@@ -1,0 +1,79 @@
+"""SDXL-architecture models with seeded random weights, built from config JSONs packaged with aldar_lit.
+
+`specs/sdxl/` holds the configs of stabilityai/stable-diffusion-xl-base-1.0 (full size, for benchmarks
+that cannot download weights); `specs/tiny/` a few-million-parameter model of the same classes, for
+tests and demos. A random model is materialised once as a diffusers-format directory, so it is then
+loaded by exactly the same `from_pretrained` code as the real SDXL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from filelock import FileLock
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from aldar_lit.models.tokenizer import EOS, build_clip_tokenizer
+
+SPEC_ROOT = Path(__file__).parent / "specs"
+COMPLETE_MARKER = "model_index.json"  # written last by `save_pretrained`
+
+
+def spec_dir(name: str) -> Path:
+    path = SPEC_ROOT / name
+    if not path.is_dir():
+        known = sorted(p.name for p in SPEC_ROOT.iterdir() if p.is_dir())
+        raise ValueError(f"model.random_init: unknown spec {name!r}; known specs: {known}")
+    return path
+
+
+def _load_spec(name: str) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in spec_dir(name).glob("*.json")}
+
+
+def build_random_sdxl(name: str, seed: int) -> dict[str, Any]:
+    """All seven SDXL pipeline components, keyed as `StableDiffusionXLPipeline` expects them."""
+    spec = _load_spec(name)
+    torch.manual_seed(seed)
+    return {
+        "unet": UNet2DConditionModel.from_config(spec["unet"]),
+        "vae": AutoencoderKL.from_config(spec["vae"]),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**_without_class(spec["text_encoder"]))),
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**_without_class(spec["text_encoder_2"]))),
+        "tokenizer": build_clip_tokenizer(pad_token=EOS),
+        "tokenizer_2": build_clip_tokenizer(pad_token="!"),
+        "scheduler": EulerDiscreteScheduler.from_config(spec["scheduler"]),
+    }
+
+
+def _without_class(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "_class_name"}
+
+
+def materialise_random_sdxl(name: str, seed: int, target: str | os.PathLike) -> Path:
+    """Write the random model `name` as a diffusers-format directory at `target`, once.
+
+    Safe under concurrent callers (Hydra multirun jobs): a file lock serialises them and the
+    directory appears atomically, so a reader never sees a half-written model.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            StableDiffusionXLPipeline(**build_random_sdxl(name, seed)).save_pretrained(tmp)
+            if target.exists():  # a leftover without the completion marker
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

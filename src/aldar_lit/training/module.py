@@ -1,0 +1,118 @@
+"""SDXLLoRAModule: LoRA fine-tuning of SDXL's UNet and both text encoders, frozen VAE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from aldar_lit.models.loading import load_sdxl
+from aldar_lit.models.lora import TE1, TE2, UNET, attach_lora
+from aldar_lit.training.conditioning import encode_prompts, time_ids
+from aldar_lit.training.objective import denoising_loss
+
+
+class SDXLLoRAModule(L.LightningModule):
+    """Takes configs, not modules: the SDXL parts are loaded in `configure_model`.
+
+    Checkpoints hold only the trainable LoRA tensors (plus optimizer and loop state); the
+    frozen base weights come from `model.pretrained` again on resume.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        lora: LoraConfig,
+        optim: OptimConfig,
+        objective: ObjectiveConfig,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.model_cfg, self.lora_cfg, self.optim_cfg, self.objective_cfg = model, lora, optim, objective
+        self.seed = seed
+        self.strict_loading = False  # checkpoints carry the adapters only
+        self.unet: nn.Module | None = None
+
+    # -- model -----------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.unet is not None:
+            return
+        parts = load_sdxl(self.model_cfg)
+        self.unet, self.vae = parts.unet, parts.vae
+        self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
+        self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
+        self.noise_scheduler = parts.training_noise_scheduler()
+        self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
+        self.vae.eval()
+        if self.model_cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            if self.lora_cfg.train_text_encoders:
+                for encoder in (self.text_encoder, self.text_encoder_2):
+                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def sdxl_modules(self) -> dict[str, nn.Module]:
+        return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The parts carrying LoRA adapters, keyed by part name."""
+        return {part: self.sdxl_modules()[part] for part in self.trained_parts}
+
+    def trainable_parameter_names(self) -> set[str]:
+        return {name for name, param in self.named_parameters() if param.requires_grad}
+
+    # -- training --------------------------------------------------------------------------
+    def step_generator(self) -> torch.Generator:
+        """Randomness of a step as a function of (seed, step, rank): a resumed run draws the same noise."""
+        seed = hash((self.seed, self.global_step, self.global_rank)) % (2**63)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch, self.step_generator())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["pixel_values"].shape[0])
+        return loss
+
+    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            pixels = batch["pixel_values"].to(self.vae.dtype)
+            latents = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        with torch.set_grad_enabled(self.lora_cfg.train_text_encoders and torch.is_grad_enabled()):
+            prompt_embeds, pooled = encode_prompts(
+                self.tokenizers, (self.text_encoder, self.text_encoder_2), batch["caption"]
+            )
+        resolution = torch.tensor(pixels.shape[-2:], device=self.device).expand(pixels.shape[0], 2)
+        add_time_ids = time_ids(batch["original_size"], batch["crop_top_left"], resolution)
+        return denoising_loss(
+            self.unet, self.noise_scheduler, latents.float(), prompt_embeds, pooled, add_time_ids,
+            generator, self.objective_cfg,
+        )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        learning_rates = {UNET: self.optim_cfg.unet_lr, TE1: self.optim_cfg.text_encoder_lr,
+                          TE2: self.optim_cfg.text_encoder_lr}
+        groups = [
+            {"name": part, "lr": learning_rates[part], "params": [p for p in module.parameters() if p.requires_grad]}
+            for part, module in self.trained_modules().items()
+        ]
+        optimizer = instantiate(self.optim_cfg.optimizer)(groups)
+        scheduler = instantiate(self.optim_cfg.scheduler)(
+            optimizer=optimizer, num_training_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = self.trainable_parameter_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_parameter_names() - checkpoint["state_dict"].keys()
+        if missing:
+            raise ValueError(
+                f"ckpt_path: the checkpoint lacks {len(missing)} LoRA tensors of this model "
+                f"(e.g. {sorted(missing)[0]}); was it trained with other lora.* settings?"
+            )
