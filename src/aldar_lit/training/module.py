@@ -48,6 +48,8 @@ class SDXLLoRAModule(L.LightningModule):
         self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
         self.noise_scheduler = parts.training_noise_scheduler()
         self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
+        for part, module in self.sdxl_modules().items():
+            module.train(part in self.trained_parts)  # LoRA dropout active; frozen parts in eval
         self.vae.eval()
         if self.model_cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
