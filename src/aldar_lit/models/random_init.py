@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPi
 from filelock import FileLock
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from aldar_lit.config import ConfigError
 from aldar_lit.models.tokenizer import EOS, build_clip_tokenizer
 
 SPEC_ROOT = Path(__file__).parent / "specs"
@@ -30,7 +31,7 @@ def spec_dir(name: str) -> Path:
     path = SPEC_ROOT / name
     if not path.is_dir():
         known = sorted(p.name for p in SPEC_ROOT.iterdir() if p.is_dir())
-        raise ValueError(f"model.random_init: unknown spec {name!r}; known specs: {known}")
+        raise ConfigError(f"model.random_init: unknown spec {name!r}; known specs: {known}")
     return path
 
 
