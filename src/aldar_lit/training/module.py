@@ -50,7 +50,7 @@ class SDXLLoRAModule(L.LightningModule):
         self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
         for part, module in self.sdxl_modules().items():
             module.train(part in self.trained_parts)  # LoRA dropout active; frozen parts in eval
-        self.vae.eval()
+        self.vae.requires_grad_(False).eval()
         if self.model_cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.lora_cfg.train_text_encoders:

@@ -1,0 +1,106 @@
+"""The LightningModule trains what it should, the way SDXL expects."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+
+from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfig
+from aldar_lit.data.datamodule import CaptionedImageDataModule
+from aldar_lit.training.module import SDXLLoRAModule
+
+ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True}
+CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
+
+
+def make_module(model_cfg, objective=None, rank=4, unet_lr=1e-3, te_lr=5e-4) -> SDXLLoRAModule:
+    return SDXLLoRAModule(
+        model_cfg,
+        LoraConfig(rank=rank, alpha=float(rank)),
+        OptimConfig(optimizer=ADAMW, scheduler=CONSTANT, unet_lr=unet_lr, text_encoder_lr=te_lr),
+        objective or ObjectiveConfig(),
+        seed=0,
+    )
+
+
+def fit(module, root, max_steps, resolution=32, batch_size=2) -> L.Trainer:
+    data = CaptionedImageDataModule(DataConfig(root=str(root), resolution=resolution, batch_size=batch_size,
+                                               num_workers=0))
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory, demo_data_dir):
+    root = tmp_path_factory.mktemp("two")
+    for name in ("000", "001"):
+        (root / f"{name}.png").write_bytes((demo_data_dir / f"{name}.png").read_bytes())
+        (root / f"{name}.txt").write_text((demo_data_dir / f"{name}.txt").read_text())
+    return root
+
+
+def test_param_groups_have_their_own_learning_rates(tiny_model_config, two_images) -> None:
+    module = make_module(tiny_model_config, unet_lr=3e-4, te_lr=7e-5)
+    trainer = fit(module, two_images, max_steps=1)
+    groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
+    assert {name: g["lr"] for name, g in groups.items()} == {"unet": 3e-4, "text_encoder": 7e-5, "text_encoder_2": 7e-5}
+    in_groups = {id(p) for g in groups.values() for p in g["params"]}
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    assert in_groups == trainable
+    assert all("lora_" in n for n, p in module.named_parameters() if p.requires_grad)
+
+
+def test_loss_goes_down_on_two_images(tiny_model_config, two_images) -> None:
+    module = make_module(tiny_model_config, unet_lr=1e-2, te_lr=5e-3)
+    module.configure_model()
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
+
+    def fixed_noise_loss() -> float:  # the same noise and timesteps every time: only the weights change
+        with torch.no_grad():
+            return sum(module.compute_loss(batch, torch.Generator().manual_seed(s)).item() for s in range(4)) / 4
+
+    before = fixed_noise_loss()
+    fit(module, two_images, max_steps=40)
+    assert fixed_noise_loss() < 0.95 * before
+
+
+def test_unet_sees_sdxl_time_ids_of_each_image(tiny_model_config, tmp_path) -> None:
+    Image.new("RGB", (96, 64), "orange").save(tmp_path / "wide.png")  # w=96, h=64
+    (tmp_path / "wide.txt").write_text("aldar_kose_man, wide shot")
+    module = make_module(tiny_model_config)
+    module.configure_model()
+    seen = []
+    module.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True
+    )
+    data = CaptionedImageDataModule(DataConfig(root=str(tmp_path), resolution=32, batch_size=1, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=1)))
+    module.compute_loss(batch, torch.Generator().manual_seed(0))
+    # resized to 32x48, centre crop of 32x32 starts 8 px from the left: (orig h, w, top, left, target h, w)
+    assert seen[0].tolist() == [[64.0, 96.0, 0.0, 8.0, 32.0, 32.0]]
+
+
+def test_v_prediction_and_min_snr_change_the_objective(tiny_model_config, two_images) -> None:
+    module = make_module(tiny_model_config)
+    module.configure_model()
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
+
+    def loss(**objective) -> float:
+        module.objective_cfg = ObjectiveConfig(**objective)
+        with torch.no_grad():
+            return module.compute_loss(batch, torch.Generator().manual_seed(7)).item()
+
+    eps = loss()
+    assert loss() == eps  # the generator fixes every random draw
+    assert loss(prediction_type="v_prediction") != eps
+    assert loss(min_snr_gamma=5.0) != eps
+    assert loss(noise_offset=0.1) != eps
