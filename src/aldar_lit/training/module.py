@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -32,7 +33,12 @@ class SDXLLoRAModule(L.LightningModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters(logger=False)
+        # plain dicts, so checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {"model": asdict(model), "lora": asdict(lora), "optim": asdict(optim), "objective": asdict(objective),
+             "seed": seed},
+            logger=False,
+        )
         self.model_cfg, self.lora_cfg, self.optim_cfg, self.objective_cfg = model, lora, optim, objective
         self.seed = seed
         self.strict_loading = False  # checkpoints carry the adapters only

@@ -39,7 +39,7 @@ def check_factories(config: TrainConfig) -> None:
 def build_trainer(config: TrainConfig, output_dir: Path) -> L.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
-        filename="step={step}",
+        filename="step-{step:06d}",
         auto_insert_metric_name=False,
         every_n_train_steps=config.checkpoint.every_n_train_steps,
         save_top_k=-1,
