@@ -104,3 +104,42 @@ def test_v_prediction_and_min_snr_change_the_objective(tiny_model_config, two_im
     assert loss(prediction_type="v_prediction") != eps
     assert loss(min_snr_gamma=5.0) != eps
     assert loss(noise_offset=0.1) != eps
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_config, two_images) -> None:
+    from dataclasses import replace
+
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
+    grads = []
+    for checkpointing in (False, True):
+        module = make_module(replace(tiny_model_config, gradient_checkpointing=checkpointing))
+        torch.manual_seed(0)  # the same LoRA initialisation
+        module.configure_model()
+        module.compute_loss(batch, torch.Generator().manual_seed(3)).backward()
+        # (text encoder 1's last layer gets none: SDXL reads its penultimate hidden state)
+        grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad and p.grad is not None})
+    assert module.unet.is_gradient_checkpointing
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "optimizer", [{"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True},
+                  {"_target_": "torch.optim.AdamW", "_partial_": True}],
+)
+def test_optimizers_and_cosine_schedule_step(tiny_model_config, two_images, optimizer) -> None:
+    cosine = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "cosine",
+              "num_warmup_steps": 0}
+    module = SDXLLoRAModule(tiny_model_config, LoraConfig(rank=4, alpha=4.0),
+                            OptimConfig(optimizer=optimizer, scheduler=cosine, unet_lr=1e-3, text_encoder_lr=1e-4),
+                            ObjectiveConfig())
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad and "lora_A" in n}
+    trainer = fit(module, two_images, max_steps=4)
+    assert type(trainer.optimizers[0]).__module__.split(".")[0] == optimizer["_target_"].split(".")[0]
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 1e-3  # cosine has decayed
+    after = dict(module.named_parameters())
+    assert all(not torch.equal(after[n], before[n]) for n in before)

@@ -1,0 +1,59 @@
+"""The composed Hydra configs: recipes say what the seed says, bad values fail naming their key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_train_config
+from conftest import REPO_ROOT
+
+
+def compose_train(*overrides: str) -> TrainConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+    return to_train_config(cfg)
+
+
+def test_aldar_kose_experiment_is_the_seed_recipe() -> None:
+    config = compose_train("experiment=aldar_kose", "data.root=/data/renders")
+    assert config.model.pretrained == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert (config.lora.rank, config.lora.alpha, config.lora.train_text_encoders) == (64, 64.0, True)
+    assert config.lora.unet_targets == ["to_q", "to_k", "to_v", "to_out.0"]
+    assert config.lora.text_encoder_targets == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    assert (config.optim.unet_lr, config.optim.text_encoder_lr) == (1e-4, 5e-5)
+    assert config.data.batch_size == 4 and config.data.resolution == 1024
+    assert config.trainer["precision"] == "bf16-mixed" and config.trainer["max_steps"] == 1000
+    assert config.data.trigger == "aldar_kose_man"
+
+
+def test_optimizer_and_schedule_are_selectable() -> None:
+    config = compose_train("experiment=quickstart", "optim=adamw8bit", "optim/scheduler=cosine")
+    assert config.optim.optimizer["_target_"] == "bitsandbytes.optim.AdamW8bit"
+    assert config.optim.scheduler["name"] == "cosine"
+    assert config.optim.unet_lr == 1e-3  # the experiment's value survives the group swap
+
+
+def test_quickstart_is_offline_and_cpu() -> None:
+    config = compose_train("experiment=quickstart")
+    assert config.model.random_init == "tiny" and config.data.demo is not None
+    assert config.trainer["accelerator"] == "cpu" and config.trainer["precision"] == "32-true"
+
+
+def test_missing_data_root_names_the_key() -> None:
+    with pytest.raises(Exception, match="data.root"):
+        compose_train("experiment=aldar_kose")
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("lora.alpha=0", "lora.alpha"), ("lora.dropout=1.5", "lora.dropout"), ("lora.init=xavier", "lora.init"),
+     ("optim.unet_lr=-1", "optim.unet_lr"), ("data.resolution=100", "data.resolution"),
+     ("data.batch_size=0", "data.batch_size"), ("objective.prediction_type=sample", "objective.prediction_type"),
+     ("objective.min_snr_gamma=0", "objective.min_snr_gamma"), ("lora.unet_targets=[]", "lora.unet_targets"),
+     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps")],
+)
+def test_bad_values_name_their_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{key}: "):
+        compose_train("experiment=quickstart", override)
