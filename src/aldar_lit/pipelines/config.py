@@ -1,0 +1,218 @@
+"""Typed storyboard configuration (`conf/infer.yaml` composes into `infer_schema`), validated before any work.
+
+The model group is the training one (`aldar_lit.config.ModelConfig`), so `model=tiny` / `model=sdxl_base`
+mean the same thing for train.py and infer.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from aldar_lit.config import ConfigError, ModelConfig, PathsConfig, _require
+
+MODES = ("baseline", "simple", "ref_guided")
+FACE_BACKENDS = ("haar", "mediapipe", "none")
+POSE_BACKENDS = ("mediapipe", "none")
+RANDOM_ADAPTERS = ("tiny",)
+
+
+@dataclass
+class LLMConfig:
+    """Splits a one-paragraph story into scenes through an OpenAI-compatible chat API (key: OPENAI_API_KEY)."""
+
+    model: str = "gpt-4o-mini"
+    base_url: Optional[str] = None  # None: api.openai.com; any OpenAI-compatible server otherwise
+    num_scenes: int = 6
+    timeout_s: float = 60.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "story.llm.model", "must name a chat model")
+        _require(1 <= self.num_scenes <= 64, "story.llm.num_scenes", f"must be in [1, 64], got {self.num_scenes}")
+        _require(self.timeout_s > 0, "story.llm.timeout_s", f"must be positive, got {self.timeout_s}")
+        _require(self.max_retries >= 0, "story.llm.max_retries", f"must be >= 0, got {self.max_retries}")
+
+
+@dataclass
+class StoryConfig:
+    """Either a scene file (YAML/JSON) or a paragraph for the LLM to split."""
+
+    file: Optional[str] = None
+    text: Optional[str] = None
+    trigger: str = "aldar_kose_man"  # the LoRA's trigger token, put in every prompt
+    style: str = ""  # appended to every prompt, e.g. "3d render, soft light"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+    def __post_init__(self) -> None:
+        _require((self.file is None) != (self.text is None), "story",
+                 "give exactly one of story.file (a scene list) or story.text (a paragraph for the LLM)")
+        if self.text is not None:
+            _require(bool(self.text.strip()), "story.text", "is empty")
+
+
+@dataclass
+class GenerationConfig:
+    width: int = 1024
+    height: int = 1024
+    steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 42  # scene i uses seed + i unless the scene sets its own
+    negative_prompt: str = ""
+    device: str = "auto"  # auto: cuda when available
+
+    def __post_init__(self) -> None:
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            _require(value >= 8 and value % 8 == 0, f"generation.{key}",
+                     f"must be a positive multiple of 8, got {value}")
+        _require(self.steps > 0, "generation.steps", f"must be positive, got {self.steps}")
+        _require(self.guidance_scale >= 0, "generation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+
+
+@dataclass
+class IPAdapterConfig:
+    """An IP-Adapter in the h94/IP-Adapter layout, loaded with diffusers' `load_ip_adapter`."""
+
+    repo: str = "h94/IP-Adapter"  # hub id or local dir
+    subfolder: str = "sdxl_models"
+    weight_name: str = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    image_encoder_folder: str = "models/image_encoder"  # the ViT-H encoder, relative to `repo`
+    scale: float = 0.7
+    face_margin: float = 0.4  # face box grown by this fraction on each side before cropping
+    random_init: Optional[str] = None  # "tiny": write tiny seeded weights to `repo` once (offline tests)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.scale >= 0, "adapters.ip_adapter.scale", f"must be >= 0, got {self.scale}")
+        _require(self.face_margin >= 0, "adapters.ip_adapter.face_margin", f"must be >= 0, got {self.face_margin}")
+        _require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.ip_adapter.random_init",
+                 f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
+
+
+@dataclass
+class ControlNetConfig:
+    """An OpenPose ControlNet for SDXL, loaded with `ControlNetModel.from_pretrained`."""
+
+    pretrained: str = "thibaud/controlnet-openpose-sdxl-1.0"
+    variant: Optional[str] = None
+    conditioning_scale: float = 0.8
+    random_init: Optional[str] = None  # "tiny": made from the tiny UNet, written to `pretrained` once
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.conditioning_scale >= 0, "adapters.controlnet.conditioning_scale",
+                 f"must be >= 0, got {self.conditioning_scale}")
+        _require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.controlnet.random_init",
+                 f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
+
+
+@dataclass
+class AdaptersConfig:
+    ip_adapter: IPAdapterConfig = field(default_factory=IPAdapterConfig)
+    controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
+    default_pose: str = "standing"  # pose of scenes that name none (ref_guided frames 2..N)
+    reference_image: Optional[str] = None  # identity anchor instead of frame 1 (its face is cropped)
+
+
+@dataclass
+class ClipQAConfig:
+    model_name: str = "ViT-L-14"
+    pretrained: Optional[str] = "openai"  # None: random weights (the offline `aldar-tiny-clip`)
+    seed: int = 0
+
+
+@dataclass
+class DetectorConfig:
+    face_backend: str = "haar"  # haar (OpenCV's bundled cascade, offline) | mediapipe | none
+    face_model_path: Optional[str] = None  # MediaPipe face detector .tflite
+    face_min_confidence: float = 0.5
+    pose_backend: str = "none"  # mediapipe | none
+    pose_model_path: Optional[str] = None  # MediaPipe pose landmarker .task
+    pose_min_visibility: float = 0.5
+
+    def __post_init__(self) -> None:
+        _require(self.face_backend in FACE_BACKENDS, "qa.detectors.face_backend",
+                 f"must be one of {FACE_BACKENDS}, got {self.face_backend!r}")
+        _require(self.pose_backend in POSE_BACKENDS, "qa.detectors.pose_backend",
+                 f"must be one of {POSE_BACKENDS}, got {self.pose_backend!r}")
+        if self.face_backend == "mediapipe":
+            _require(bool(self.face_model_path), "qa.detectors.face_model_path",
+                     "the mediapipe face backend needs a face detector .tflite (e.g. blaze_face_short_range.tflite)")
+        if self.pose_backend == "mediapipe":
+            _require(bool(self.pose_model_path), "qa.detectors.pose_model_path",
+                     "the mediapipe pose backend needs a pose landmarker .task (e.g. pose_landmarker_lite.task)")
+
+
+@dataclass
+class AutoFixConfig:
+    """The seed's fixes: more faces than one -> higher CFG, none -> lower CFG, bad pose -> seed + 10."""
+
+    multiple_faces_cfg: float = 8.5
+    no_face_cfg: float = 6.5
+    invalid_pose_seed_offset: int = 10
+    new_seed_offset: int = 1000  # "new seed" = previous seed + this
+
+
+@dataclass
+class QAConfig:
+    enabled: bool = True
+    max_attempts: int = 3
+    prompt_threshold: float = 0.22  # CLIP-T cosine (ViT-L/14); see conf/qa/default.yaml
+    identity_threshold: float = 0.70  # CLIP-I cosine of face crops to frame 1's face
+    min_face_fraction: float = 0.05  # face box height / image height below this: character too small
+    clip: ClipQAConfig = field(default_factory=ClipQAConfig)
+    detectors: DetectorConfig = field(default_factory=DetectorConfig)
+    autofix: AutoFixConfig = field(default_factory=AutoFixConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.max_attempts >= 1, "qa.max_attempts", f"must be >= 1, got {self.max_attempts}")
+        _require(-1.0 <= self.prompt_threshold <= 1.0, "qa.prompt_threshold", "is a cosine, must be in [-1, 1]")
+        _require(-1.0 <= self.identity_threshold <= 1.0, "qa.identity_threshold", "is a cosine, must be in [-1, 1]")
+        _require(0.0 <= self.min_face_fraction < 1.0, "qa.min_face_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class LoraSourceConfig:
+    """A trained adapter: a training run's `lora/` dir (pytorch_lora_weights.safetensors)."""
+
+    path: Optional[str] = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")
+
+
+@dataclass
+class InferConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mode: str = "simple"
+    lora: LoraSourceConfig = field(default_factory=LoraSourceConfig)
+    story: StoryConfig = field(default_factory=lambda: StoryConfig(file="conf/story/aldar_kose.yaml"))
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "simple":
+            _require(self.lora.path is not None, "lora.path",
+                     "mode=simple is SDXL + LoRA: give lora.path=<run dir>/lora")
+
+
+def register_infer_configs() -> None:
+    """Make the schema available to `conf/infer.yaml` as `infer_schema`."""
+    ConfigStore.instance().store(name="infer_schema", node=InferConfig)
+
+
+def to_infer_config(cfg: DictConfig) -> InferConfig:
+    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, InferConfig):
+        raise ConfigError("the config was not composed on the `infer_schema` (conf/infer.yaml's defaults list)")
+    return config

@@ -1,0 +1,186 @@
+"""The diffusion side of a storyboard: SDXL (+ LoRA), and for ref_guided an IP-Adapter and an OpenPose
+ControlNet, each loaded once per run through diffusers' own loaders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from PIL import Image
+from safetensors import safe_open
+
+from aldar_lit.config import ModelConfig
+from aldar_lit.models.export import DIFFUSERS_WEIGHTS
+from aldar_lit.models.loading import load_sdxl, resolve_pretrained, torch_dtype
+from aldar_lit.models.random_init import spec_dir
+from aldar_lit.pipelines.config import AdaptersConfig, LoraSourceConfig
+from aldar_lit.pipelines.tiny_adapters import materialise_tiny_controlnet, materialise_tiny_ip_adapter
+from aldar_lit.quality.policy import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AdapterError(ValueError):
+    """A LoRA / IP-Adapter / ControlNet that is missing or does not fit the base model; names the config key."""
+
+
+def is_local(source: str) -> bool:
+    """Paths (absolute, ~, ./) must exist; anything else is taken for a hub id."""
+    return source.startswith(("/", "~", ".")) or Path(source).exists()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_lora_dir(lora: str) -> Path:
+    path = Path(lora).expanduser()
+    if not (path / DIFFUSERS_WEIGHTS).is_file():
+        what = "no such directory" if not path.is_dir() else f"no {DIFFUSERS_WEIGHTS} in it"
+        raise AdapterError(f"lora: {str(path)!r}: {what} (give a training run's `lora/` dir)")
+    return path
+
+
+def materialise_adapters(cfg: AdaptersConfig, base_model: str) -> None:
+    """Write the tiny random adapters once where the config expects them (offline runs/tests)."""
+    if cfg.ip_adapter.random_init == "tiny":
+        materialise_tiny_ip_adapter(base_model, Path(cfg.ip_adapter.repo).expanduser(), cfg.ip_adapter.seed)
+    if cfg.controlnet.random_init == "tiny":
+        materialise_tiny_controlnet(base_model, Path(cfg.controlnet.pretrained).expanduser(), cfg.controlnet.seed)
+
+
+def check_adapters_fit(cfg: AdaptersConfig, unet_config: dict[str, Any]) -> None:
+    """Before any frame: local adapter files exist and were made for this UNet (shapes from headers only)."""
+    ip = cfg.ip_adapter
+    if is_local(ip.repo):
+        weights = Path(ip.repo).expanduser() / ip.subfolder / ip.weight_name
+        if not weights.is_file():
+            raise AdapterError(f"adapters.ip_adapter: no such file {str(weights)!r} (repo/subfolder/weight_name)")
+        encoder = Path(ip.repo).expanduser() / ip.image_encoder_folder
+        if not (encoder / "config.json").is_file():
+            raise AdapterError(f"adapters.ip_adapter.image_encoder_folder: no image encoder at {str(encoder)!r}")
+        with safe_open(str(weights), framework="pt") as f:
+            key = next((k for k in f.keys() if k.endswith("to_k_ip.weight")), None)
+            width = None if key is None else f.get_slice(key).get_shape()[1]
+        if width != unet_config["cross_attention_dim"]:
+            raise AdapterError(f"adapters.ip_adapter: {str(weights)!r} was made for a UNet with cross-attention width "
+                               f"{width}, the base model has {unet_config['cross_attention_dim']} "
+                               "(an adapter for another base model?)")
+    cn = cfg.controlnet
+    if is_local(cn.pretrained):
+        config_file = Path(cn.pretrained).expanduser() / "config.json"
+        if not config_file.is_file():
+            raise AdapterError(f"adapters.controlnet.pretrained: no ControlNet at {str(config_file.parent)!r}")
+        cn_config = json.loads(config_file.read_text())
+        for key in ("cross_attention_dim", "block_out_channels", "in_channels"):
+            if cn_config.get(key) != unet_config.get(key):
+                raise AdapterError(f"adapters.controlnet.pretrained: {str(config_file.parent)!r} has {key}="
+                                   f"{cn_config.get(key)}, the base model's UNet has {unet_config.get(key)} "
+                                   "(a ControlNet for another base model?)")
+
+
+def _first_line(err: Exception) -> str:
+    """The telling line of a loader error (the first shape mismatch, when there is one)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    return next((line for line in lines if "size mismatch" in line), lines[0])[:400]
+
+
+@dataclass
+class RefGuidance:
+    """What conditions a ref_guided frame beyond its prompt."""
+
+    reference: Image.Image  # the identity image for the IP-Adapter (frame 1's face crop)
+    pose: Image.Image  # the OpenPose control image
+
+
+class StoryboardGenerator:
+    """Loads the base pipeline (and LoRA) at construction; the adapters on the first ref_guided frame."""
+
+    def __init__(self, model: ModelConfig, lora: LoraSourceConfig, adapters: AdaptersConfig, device: str = "auto",
+                 progress: bool = False):
+        self.model_cfg = model
+        self.adapters = adapters
+        self.device = resolve_device(device)
+        components = load_sdxl(model)
+        self.base = StableDiffusionXLPipeline(**{f.name: getattr(components, f.name) for f in fields(components)})
+        self.lora = None
+        self.lora_scale = lora.scale
+        if lora.path is not None:
+            self.lora = str(check_lora_dir(lora.path))
+            self._load_lora(self.lora)
+        self.base.to(self.device)
+        self.base.set_progress_bar_config(disable=not progress, leave=False)
+        self.guided: Optional[StableDiffusionXLControlNetPipeline] = None
+        self.progress = progress
+
+    def _load_lora(self, path: str) -> None:
+        try:
+            self.base.load_lora_weights(path, weight_name=DIFFUSERS_WEIGHTS)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise AdapterError(f"lora: {path!r} does not fit the base model {self.model_cfg.pretrained!r} "
+                               f"(trained on another base model?): {_first_line(err)}") from err
+
+    def enable_reference_guidance(self) -> None:
+        """Load the ControlNet and the IP-Adapter (once) into a pipeline sharing the base's modules."""
+        if self.guided is not None:
+            return
+        ip, cn = self.adapters.ip_adapter, self.adapters.controlnet
+        dtype = torch_dtype(self.model_cfg.dtype)
+        try:
+            controlnet = ControlNetModel.from_pretrained(os.path.expanduser(cn.pretrained), variant=cn.variant,
+                                                         torch_dtype=dtype)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise AdapterError(f"adapters.controlnet.pretrained: cannot load {cn.pretrained!r}: {err}") from err
+        pipe = StableDiffusionXLControlNetPipeline(**self.base.components, controlnet=controlnet)
+        try:
+            pipe.load_ip_adapter(os.path.expanduser(ip.repo), subfolder=ip.subfolder, weight_name=ip.weight_name,
+                                 image_encoder_folder=ip.image_encoder_folder)
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise AdapterError(f"adapters.ip_adapter: cannot load {ip.repo!r}/{ip.subfolder}/{ip.weight_name} into "
+                               f"the base model: {_first_line(err)}") from err
+        pipe.set_ip_adapter_scale(ip.scale)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=not self.progress, leave=False)
+        self.guided = pipe
+
+    def generate(self, prompt: str, negative_prompt: str, settings: Settings, width: int, height: int, steps: int,
+                 guidance: Optional[RefGuidance] = None) -> Image.Image:
+        """One frame; a CPU generator seeded with `settings.seed` makes it reproducible on any device."""
+        common = dict(prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
+                      num_inference_steps=steps, guidance_scale=settings.guidance_scale,
+                      generator=torch.Generator("cpu").manual_seed(settings.seed),
+                      cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None)
+        with torch.inference_mode():
+            if guidance is None:
+                return self.base(**common).images[0]
+            self.enable_reference_guidance()
+            return self.guided(**common, image=guidance.pose, ip_adapter_image=guidance.reference,
+                               controlnet_conditioning_scale=self.adapters.controlnet.conditioning_scale).images[0]
+
+    def active_adapters(self, guided: bool) -> dict[str, Any]:
+        """What conditioned a frame, for the manifest."""
+        active: dict[str, Any] = {}
+        if self.lora is not None:
+            active["lora"] = {"path": self.lora, "scale": self.lora_scale}
+        if guided:
+            ip, cn = self.adapters.ip_adapter, self.adapters.controlnet
+            active["ip_adapter"] = {"source": f"{ip.repo}/{ip.subfolder}/{ip.weight_name}", "scale": ip.scale}
+            active["controlnet"] = {"source": cn.pretrained, "conditioning_scale": cn.conditioning_scale}
+        return active
+
+
+def base_unet_config(model: ModelConfig) -> dict[str, Any]:
+    """The base UNet's config without loading weights (materialising a random model first if needed)."""
+    from diffusers import UNet2DConditionModel
+
+    if model.random_init is not None and not model.materialise:
+        return json.loads((spec_dir(model.random_init) / "unet.json").read_text())
+    return dict(UNet2DConditionModel.load_config(resolve_pretrained(model), subfolder="unet"))

@@ -1,0 +1,92 @@
+"""Storyboard files, each written atomically: frames with PNG text metadata, a captioned contact sheet,
+and a self-contained HTML page (images inlined as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
+
+
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_frame(path: Path, image: Image.Image, metadata: dict[str, Any]) -> None:
+    """A frame PNG with `prompt`, `seed`, `guidance_scale`, ... as text chunks (read back via `Image.text`)."""
+    _write_bytes_atomic(path, png_bytes(image, {k: str(v) for k, v in metadata.items()}))
+
+
+def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 3,
+                  thumb: int = 256) -> Image.Image:
+    """A grid of frames, each with its number and scene caption underneath."""
+    font = ImageFont.load_default()
+    chars_per_line = max(12, thumb // 7)
+    wrapped = [textwrap.wrap(f"{i + 1}. {c}", chars_per_line)[:4] for i, c in enumerate(captions)]
+    caption_height = 14 * max((len(w) for w in wrapped), default=1) + 8
+    columns = max(1, min(columns, len(images)))
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (image, lines) in enumerate(zip(images, wrapped)):
+        x, y = (index % columns) * thumb, (index // columns) * (thumb + caption_height)
+        sheet.paste(image.convert("RGB").resize((thumb, thumb)), (x, y))
+        for line_no, line in enumerate(lines):
+            draw.text((x + 4, y + thumb + 4 + 14 * line_no), line, fill="black", font=font)
+    return sheet
+
+
+def write_contact_sheet(path: Path, images: Sequence[Image.Image], captions: Sequence[str]) -> None:
+    _write_bytes_atomic(path, png_bytes(contact_sheet(images, captions)))
+
+
+def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> str:
+    """One page, no external files: each frame inlined as a data URI next to its prompt, settings and QA."""
+    cards = []
+    for frame, image in zip(frames, images):
+        data = base64.b64encode(png_bytes(image)).decode("ascii")
+        final = frame["attempts"][frame["chosen_attempt"]]
+        qa = final.get("qa") or {}
+        scores = qa.get("scores", {})
+        verdict = "no QA" if not qa else ("passed" if qa.get("passed") else "FLAGGED: " + ", ".join(qa["failures"]))
+        warnings = "".join(f"<p class=warn>{html.escape(w)}</p>" for w in frame.get("warnings", []))
+        cards.append(
+            f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"frame {frame['index']}\">"
+            f"<figcaption><b>{frame['index']}. {html.escape(frame['scene']['text'])}</b>"
+            f"<p>seed {final['seed']} · CFG {final['guidance_scale']} · attempts {len(frame['attempts'])}"
+            f" · adapters {html.escape(', '.join(frame['active_adapters']) or 'none')}</p>"
+            f"<p>CLIP-T {scores.get('prompt_clip_t')} · identity {scores.get('identity_clip_i')} · "
+            f"{html.escape(verdict)}</p>{warnings}</figcaption></figure>"
+        )
+    style = ("body{font-family:sans-serif;margin:2em}main{display:flex;flex-wrap:wrap;gap:1em}"
+             "figure{width:300px;margin:0}img{width:300px;height:auto;image-rendering:pixelated}"
+             "p{margin:.2em 0;font-size:.85em}.warn{color:#b00}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><main>{''.join(cards)}</main>"
+            "</body></html>")
+
+
+def write_html(path: Path, title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> None:
+    _write_bytes_atomic(path, storyboard_html(title, frames, images).encode("utf-8"))

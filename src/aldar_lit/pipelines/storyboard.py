@@ -1,0 +1,248 @@
+"""`infer.py`'s body: story -> scenes -> frames with QA and auto-fix -> frames/, storyboard.png/.html, manifest.json.
+
+Everything that can be checked without a model (story, poses, adapter files and their fit to the base
+model) is checked before any model loads. The manifest is rewritten after every frame, so a run that
+fails half-way (an adapter that does not load, an interrupted job) leaves its finished frames and a
+manifest saying where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+from PIL import Image
+from tqdm.auto import tqdm
+
+from aldar_lit.data.dataset import load_rgb
+from aldar_lit.pipelines.config import InferConfig, to_infer_config
+from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, base_unet_config, check_adapters_fit,
+                                           check_lora_dir, materialise_adapters, resolve_device)
+from aldar_lit.pipelines.outputs import write_contact_sheet, write_frame, write_html
+from aldar_lit.pipelines.poses import get_pose, render_openpose
+from aldar_lit.pipelines.story import Scene, load_story, prompt_for
+from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face
+from aldar_lit.quality.frame_qa import FrameQA, QAReport
+from aldar_lit.quality.policy import Settings, next_attempt
+from aldar_lit.training.run import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    index: int
+    scene: Scene
+    prompt: str
+    settings: Settings
+    pose: Optional[str]  # library pose name for ControlNet frames
+
+
+def plan_frames(config: InferConfig, scenes: list[Scene]) -> list[FramePlan]:
+    """Prompt, seed, CFG and pose of every frame, with pose names checked before any model loads."""
+    default_pose = config.adapters.default_pose
+    get_pose(default_pose, key="adapters.default_pose")
+    gen = config.generation
+    return [
+        FramePlan(
+            index=i + 1,
+            scene=scene,
+            prompt=prompt_for(scene, config.story.trigger, config.story.style),
+            settings=Settings(scene.seed if scene.seed is not None else gen.seed + i,
+                              scene.guidance_scale if scene.guidance_scale is not None else gen.guidance_scale),
+            pose=(scene.pose or default_pose) if config.mode == "ref_guided" else scene.pose,
+        )
+        for i, scene in enumerate(scenes)
+    ]
+
+
+def preflight(config: InferConfig) -> None:
+    """Adapter files exist and fit the base model; the reference image is readable."""
+    if config.lora.path is not None:
+        check_lora_dir(config.lora.path)
+    if config.mode == "ref_guided":
+        from aldar_lit.models.loading import resolve_pretrained
+
+        materialise_adapters(config.adapters, resolve_pretrained(config.model))
+        check_adapters_fit(config.adapters, base_unet_config(config.model))
+        if config.adapters.reference_image is not None:
+            load_rgb(Path(config.adapters.reference_image).expanduser())
+
+
+class StoryboardRecord:
+    """The manifest and the frames written so far; rewrites manifest.json (atomically) on every change."""
+
+    def __init__(self, out_dir: Path, config: InferConfig, num_frames: int):
+        self.out_dir = out_dir
+        self.images: list[Image.Image] = []
+        self.manifest: dict[str, Any] = {
+            "status": "running",
+            "mode": config.mode,
+            "base_model": config.model.pretrained,
+            "lora": {"path": config.lora.path, "scale": config.lora.scale},
+            "story": {"file": config.story.file, "llm_model": config.story.llm.model if config.story.text else None,
+                      "trigger": config.story.trigger, "num_scenes": num_frames},
+            "generation": {"width": config.generation.width, "height": config.generation.height,
+                           "steps": config.generation.steps, "negative_prompt": config.generation.negative_prompt},
+            "qa": {"enabled": config.qa.enabled, "max_attempts": config.qa.max_attempts,
+                   "prompt_threshold": config.qa.prompt_threshold, "identity_threshold": config.qa.identity_threshold,
+                   "clip_model": f"{config.qa.clip.model_name}/{config.qa.clip.pretrained}",
+                   "face_backend": config.qa.detectors.face_backend, "pose_backend": config.qa.detectors.pose_backend},
+            "warnings": [],
+            "frames": [],
+            "timings": {},
+        }
+        self.save()
+
+    def warn(self, message: str, frame: Optional[dict[str, Any]] = None) -> None:
+        log.warning(message)
+        (frame["warnings"] if frame is not None else self.manifest["warnings"]).append(message)
+
+    def add_frame(self, frame: dict[str, Any], image: Image.Image, png_text: dict[str, Any]) -> None:
+        write_frame(self.out_dir / frame["file"], image, png_text)
+        self.images.append(image)
+        self.manifest["frames"].append(frame)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.out_dir / "manifest.json", self.manifest)
+
+    def finish(self, status: str, error: Optional[str] = None) -> None:
+        self.manifest["status"] = status
+        if error is not None:
+            self.manifest["error"] = error
+        if self.images:
+            frames = self.manifest["frames"]
+            write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames])
+            write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images)
+        self.save()
+
+
+class Storyboard:
+    """Generates the planned frames one by one, each with QA and auto-fix retries."""
+
+    def __init__(self, config: InferConfig, generator: StoryboardGenerator, qa: Optional[FrameQA],
+                 face_detector: Optional[FaceDetector], record: StoryboardRecord):
+        self.config = config
+        self.generator = generator
+        self.qa = qa
+        self.face_detector = face_detector
+        self.record = record
+        self.ip_reference: Optional[Image.Image] = None  # what the IP-Adapter sees (a face crop)
+        self.identity_reference: Optional[Image.Image] = None  # what QA compares faces with
+
+    def set_reference(self, image: Image.Image, source: str, frame: Optional[dict[str, Any]] = None) -> None:
+        """Crop the face of the identity anchor; without a face, fall back to the whole image (with a warning)."""
+        faces = self.face_detector.detect(image) if self.face_detector is not None else []
+        box = max(faces, key=lambda f: f.w * f.h, default=None)
+        self.record.manifest["identity_reference"] = {"source": source, "face": box.to_dict() if box else None,
+                                                      "fallback": None if box else "whole image"}
+        if box is None:
+            self.ip_reference = image
+            self.identity_reference = None
+            consequences = ["the identity check is skipped"]
+            if self.config.mode == "ref_guided":
+                consequences.insert(0, "the IP-Adapter is conditioned on the whole image instead of a face crop")
+            message = f"no face found in {source}: {' and '.join(consequences)}"
+            self.record.warn(message)
+            if frame is not None:
+                frame["warnings"].append(message)
+            return
+        self.ip_reference = crop_face(image, box, self.config.adapters.ip_adapter.face_margin)
+        self.identity_reference = self.qa.identity_crop(image, box) if self.qa is not None else None
+
+    def guidance_for(self, plan: FramePlan) -> Optional[RefGuidance]:
+        if self.config.mode != "ref_guided" or self.ip_reference is None:
+            return None
+        gen = self.config.generation
+        pose = render_openpose(get_pose(plan.pose), gen.width, gen.height)
+        return RefGuidance(reference=self.ip_reference, pose=pose)
+
+    def make_frame(self, plan: FramePlan) -> None:
+        gen, qa_cfg = self.config.generation, self.config.qa
+        started = time.perf_counter()
+        guidance = self.guidance_for(plan)
+        frame: dict[str, Any] = {
+            "index": plan.index, "file": f"frames/{plan.index:02d}.png", "scene": plan.scene.to_dict(),
+            "prompt": plan.prompt, "negative_prompt": gen.negative_prompt, "mode": self.config.mode,
+            "pose": plan.pose if guidance is not None else None,
+            "active_adapters": self.generator.active_adapters(guided=guidance is not None),
+            "attempts": [], "warnings": [],
+        }
+        max_attempts = qa_cfg.max_attempts if self.qa is not None else 1
+        settings, fix_reason = plan.settings, None
+        images, reports = [], []
+        for attempt in tqdm(range(max_attempts), desc=f"frame {plan.index} attempts", leave=False,
+                            disable=not self.config.progress):
+            t0 = time.perf_counter()
+            image = self.generator.generate(plan.prompt, gen.negative_prompt, settings, gen.width, gen.height,
+                                            gen.steps, guidance)
+            t1 = time.perf_counter()
+            report: Optional[QAReport] = None
+            if self.qa is not None:
+                report = self.qa.evaluate(image, plan.prompt, self.identity_reference)
+            images.append(image)
+            reports.append(report)
+            frame["attempts"].append({
+                "attempt": attempt + 1, "seed": settings.seed, "guidance_scale": settings.guidance_scale,
+                "fix": fix_reason, "qa": report.to_dict() if report is not None else None,
+                "seconds": {"generate": round(t1 - t0, 4), "qa": round(report.seconds, 4) if report else 0.0},
+            })
+            if report is None or report.passed:
+                break
+            if attempt + 1 < max_attempts:
+                fix = next_attempt(report.failures, settings, qa_cfg.autofix)
+                settings, fix_reason = fix.settings, fix.reason
+        chosen = max(range(len(images)), key=lambda i: reports[i].rank() if reports[i] is not None else ())
+        final = frame["attempts"][chosen]
+        frame.update(chosen_attempt=chosen, seed=final["seed"], guidance_scale=final["guidance_scale"],
+                     passed=None if reports[chosen] is None else reports[chosen].passed)
+        frame["flagged"] = frame["passed"] is False
+        if frame["flagged"]:
+            self.record.warn(f"frame {plan.index}: no attempt passed QA in {len(images)}; kept attempt {chosen + 1} "
+                             f"({', '.join(reports[chosen].failures)})", frame)
+        if plan.index == 1 and self.config.adapters.reference_image is None:
+            self.set_reference(images[chosen], "frame 1", frame)
+        frame["seconds"] = round(time.perf_counter() - started, 4)
+        png_text = {"prompt": plan.prompt, "negative_prompt": gen.negative_prompt, "seed": final["seed"],
+                    "guidance_scale": final["guidance_scale"], "steps": gen.steps, "mode": self.config.mode,
+                    "pose": frame["pose"], "base_model": self.config.model.pretrained}
+        self.record.add_frame(frame, images[chosen], png_text)
+
+
+def make_storyboard(config: InferConfig, out_dir: Path) -> float:
+    """Generate and write the storyboard; return the fraction of frames that passed QA (NaN without QA)."""
+    t_start = time.perf_counter()
+    scenes = load_story(config.story)
+    plans = plan_frames(config, scenes)
+    preflight(config)
+    record = StoryboardRecord(out_dir, config, len(plans))
+    try:
+        device = resolve_device(config.generation.device)
+        generator = StoryboardGenerator(config.model, config.lora, config.adapters, config.generation.device,
+                                        progress=False)
+        face_detector = build_face_detector(config.qa.detectors)
+        qa = FrameQA(config.qa, device, face_detector) if config.qa.enabled else None
+        storyboard = Storyboard(config, generator, qa, face_detector, record)
+        if config.mode == "ref_guided" and config.adapters.reference_image is not None:
+            storyboard.set_reference(load_rgb(Path(config.adapters.reference_image).expanduser()),
+                                     f"adapters.reference_image {config.adapters.reference_image!r}")
+        record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
+        for plan in tqdm(plans, desc="frames", disable=not config.progress):
+            storyboard.make_frame(plan)
+    except BaseException as err:
+        record.finish("failed", f"{type(err).__name__}: {err}")
+        raise
+    record.manifest["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    record.finish("complete")
+    passed = [f["passed"] for f in record.manifest["frames"] if f["passed"] is not None]
+    return sum(passed) / len(passed) if passed else float("nan")
+
+
+def run(cfg: DictConfig) -> float:
+    config = to_infer_config(cfg)
+    return make_storyboard(config, Path(config.paths.output_dir))

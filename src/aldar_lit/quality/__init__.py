@@ -1,0 +1,1 @@
+"""Image quality measures: CLIP/DINO embedders for prompt and subject fidelity, and storyboard QA."""
