@@ -16,6 +16,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random")
+BAD_FILE_POLICIES = ("skip", "error")
 
 
 class ConfigError(ValueError):
@@ -97,10 +98,31 @@ class DataConfig:
     num_workers: int = 4
     demo: Optional[DemoDataConfig] = None
     validation_prompts: list[str] = field(default_factory=list)
+    bucketing: bool = True  # SDXL's aspect-ratio buckets scaled to `resolution`; false: square crops only
+    bucket_multiple: int = 32  # bucket sides are multiples of this (SDXL's UNet needs 32 at the pixel level)
+    on_bad_file: str = "skip"  # skip (log the file and why, summary at start) | error (raise naming it)
+    min_image_side: int = 64  # images whose shorter side is smaller are bad files
+    max_image_pixels: int = 89_478_485  # larger images are bad files (PIL itself refuses > 2x this default)
+    cache_latents: bool = False  # VAE latents cached on disk under `cache_dir`, reused across runs
+    cache_text_embeddings: bool = False  # prompt embeddings cached too, when lora.train_text_encoders=false
+    cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
                  f"must be a positive multiple of 8, got {self.resolution}")
+        _require(8 <= self.bucket_multiple <= self.resolution and self.bucket_multiple % 8 == 0, "data.bucket_multiple",
+                 f"must be a multiple of 8 no larger than data.resolution, got {self.bucket_multiple}")
+        _require(self.on_bad_file in BAD_FILE_POLICIES, "data.on_bad_file",
+                 f"must be one of {BAD_FILE_POLICIES}, got {self.on_bad_file!r}")
+        _require(self.min_image_side >= 1, "data.min_image_side", f"must be >= 1, got {self.min_image_side}")
+        _require(self.max_image_pixels >= self.min_image_side**2, "data.max_image_pixels",
+                 f"must be at least data.min_image_side squared, got {self.max_image_pixels}")
+        if self.cache_latents or self.cache_text_embeddings:
+            _require(bool(self.cache_dir), "data.cache_dir", "must be set when a data cache is on")
+        if self.cache_latents:
+            _require(self.crop == "center" and not self.random_flip, "data.cache_latents",
+                     "needs data.crop=center and data.random_flip=false (a cached latent fixes the crop); "
+                     "set data.cache_latents=false to train with random crops or flips")
         _require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
         _require(self.batch_size > 0, "data.batch_size", f"must be a positive integer, got {self.batch_size}")
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
@@ -148,11 +170,71 @@ class CheckpointConfig:
 
     every_n_train_steps: Optional[int] = None  # None: at the end of training only
     save_last: bool = True
+    at_steps: list[int] = field(default_factory=list)  # extra checkpoints, e.g. the seed's 200/400/800/1500
 
     def __post_init__(self) -> None:
         if self.every_n_train_steps is not None:
             _require(self.every_n_train_steps > 0, "checkpoint.every_n_train_steps",
                      f"must be a positive integer, got {self.every_n_train_steps}")
+        _require(all(step > 0 for step in self.at_steps), "checkpoint.at_steps",
+                 f"must hold positive step numbers, got {list(self.at_steps)}")
+
+
+SCORE_TERMS = ("clip_t", "clip_i", "dino")
+
+
+@dataclass
+class DinoConfig:
+    """DINO ViT subject fidelity (timm); `pretrained: false` gives seeded random weights (offline)."""
+
+    model_name: str = "vit_small_patch16_224.dino"
+    pretrained: bool = True
+    image_size: Optional[int] = None  # None: the model's own input size
+
+
+@dataclass
+class ScorerConfig:
+    """open_clip model for CLIP-T/CLIP-I, optional DINO, and the weights of `val/score`."""
+
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: Optional[str] = "openai"  # None: seeded random weights (offline)
+    dino: Optional[DinoConfig] = None
+    weights: dict[str, float] = field(default_factory=lambda: {"clip_i": 0.616, "clip_t": 1.634})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.weights:
+            _require(name in SCORE_TERMS, f"scorer.weights.{name}", f"must be one of {SCORE_TERMS}")
+        _require(any(w != 0 for w in self.weights.values()), "scorer.weights", "must weigh at least one term")
+        _require("dino" not in self.weights or self.dino is not None, "scorer.weights.dino",
+                 "needs scorer.dino to be configured")
+
+
+@dataclass
+class ValidationConfig:
+    """Fixed-seed validation samples every `every_n_steps`, scored into `val/score` for checkpoint selection."""
+
+    enabled: bool = False
+    every_n_steps: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    num_inference_steps: int = 25
+    guidance_scale: float = 5.0
+    resolution: Optional[int] = None  # None: data.resolution
+    top_k: int = 3  # best checkpoints by val/score kept on disk
+    max_reference_images: int = 32  # training images used as CLIP-I/DINO references
+
+    def __post_init__(self) -> None:
+        _require(self.every_n_steps > 0, "validation.every_n_steps", f"must be positive, got {self.every_n_steps}")
+        _require(len(self.seeds) > 0, "validation.seeds", "must hold at least one seed")
+        _require(self.num_inference_steps > 0, "validation.num_inference_steps",
+                 f"must be positive, got {self.num_inference_steps}")
+        _require(self.guidance_scale >= 0, "validation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        if self.resolution is not None:
+            _require(self.resolution >= 8 and self.resolution % 8 == 0, "validation.resolution",
+                     f"must be a positive multiple of 8, got {self.resolution}")
+        _require(self.top_k > 0, "validation.top_k", f"must be a positive integer, got {self.top_k}")
+        _require(self.max_reference_images > 0, "validation.max_reference_images",
+                 f"must be positive, got {self.max_reference_images}")
 
 
 @dataclass
@@ -169,6 +251,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: Any = field(default_factory=lambda: {"_target_": "lightning.Trainer"})
     logger: Any = field(default_factory=dict)  # name -> Lightning logger spec (`_target_`)
@@ -180,6 +264,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(isinstance(self.trainer, dict) and "_target_" in self.trainer, "trainer",
                  "must be a mapping with a `_target_`")
+        if self.validation.enabled:
+            _require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
+                     "validation.enabled needs at least one prompt")
+        _require(self.validation.enabled or not self.optimized_metric.startswith("val/"), "optimized_metric",
+                 f"{self.optimized_metric!r} is logged only with validation.enabled=true (callbacks=validation)")
 
 
 def register_configs() -> None:

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from aldar_lit.config import DataConfig
-from aldar_lit.data.dataset import CaptionedImageDataset, scan_captioned_images
+from aldar_lit.data.buckets import BucketSampler, sdxl_buckets
+from aldar_lit.data.caches import fill_latent_cache, fill_text_cache
+from aldar_lit.data.dataset import CaptionedImageDataset, ScanReport, scan_folder
 
 
 class CaptionedImageDataModule(L.LightningDataModule):
+    """Scans and validates the folder in `setup`; fills the latent and text caches with the module's
+    frozen VAE and text encoders when the train dataloader is first built (the model is on its
+    device by then); batches are drawn from one aspect bucket each, in an order fixed by (seed, epoch).
+    """
+
     def __init__(self, cfg: DataConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.seed = seed
         self.train_dataset: CaptionedImageDataset | None = None
+        self.scan_report: ScanReport | None = None
+        self._caches_filled = False
 
     @property
     def root(self) -> Path:
@@ -31,22 +41,42 @@ class CaptionedImageDataModule(L.LightningDataModule):
             generate_demo_dataset(self.root, demo.num_images, demo.size, demo.seed, self.cfg.trigger)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_dataset is None:
-            examples = scan_captioned_images(self.root, self.cfg.trigger)
-            self.train_dataset = CaptionedImageDataset(
-                examples, self.cfg.resolution, self.cfg.crop, self.cfg.random_flip
-            )
+        if self.train_dataset is not None:
+            return
+        cfg = self.cfg
+        self.scan_report = scan_folder(self.root, cfg.trigger, cfg.on_bad_file, cfg.min_image_side,
+                                       cfg.max_image_pixels)
+        self.scan_report.log_summary()
+        buckets = sdxl_buckets(cfg.resolution, cfg.bucket_multiple) if cfg.bucketing else None
+        self.train_dataset = CaptionedImageDataset(
+            self.scan_report.examples, cfg.resolution, cfg.crop, cfg.random_flip, buckets, cfg.on_bad_file,
+            cfg.max_image_pixels,
+        )
+
+    def fill_caches(self, module: Any, rank: int = 0, world_size: int = 1) -> None:
+        """Encode what the caches lack with `module`'s frozen parts (an `SDXLLoRAModule` after `configure_model`)."""
+        cfg, dataset = self.cfg, self.train_dataset
+        cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
+        if cfg.cache_latents:
+            fill_latent_cache(dataset, module.vae, cache_dir, cfg.batch_size, rank, world_size)
+        if cfg.cache_text_embeddings and not module.lora_cfg.train_text_encoders:
+            fill_text_cache(dataset, module.tokenizers, (module.text_encoder, module.text_encoder_2), cache_dir,
+                            cfg.batch_size, rank, world_size)
 
     def train_dataloader(self) -> DataLoader:
-        # The shuffle order is a function of (seed, epoch) only, so a resumed run sees the same batches.
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = DistributedSampler(
-            self.train_dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed
-        )
+        caching = self.cfg.cache_latents or self.cfg.cache_text_embeddings
+        if self.trainer is not None and caching and not self._caches_filled:  # Lightning may ask twice
+            self.fill_caches(self.trainer.lightning_module, rank, world_size)
+            self.trainer.strategy.barrier("data caches filled")
+            self._caches_filled = True
+        # The order is a function of (seed, epoch) only, so a resumed run sees the same batches.
+        sampler = BucketSampler(self.train_dataset.item_buckets, self.cfg.batch_size, world_size, rank, self.seed)
         return DataLoader(
             self.train_dataset,
             batch_size=self.cfg.batch_size,
             sampler=sampler,
+            drop_last=False,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

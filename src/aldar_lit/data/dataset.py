@@ -1,28 +1,55 @@
-"""A folder of captioned images: discovery with up-front validation, and the SDXL training dataset."""
+"""A folder of captioned images: discovery with an up-front bad-file policy, and the SDXL training dataset."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from aldar_lit.config import BAD_FILE_POLICIES
+from aldar_lit.data.buckets import Bucket, nearest_bucket, resize_and_crop_box
+from aldar_lit.data.caches import TensorCache
+from aldar_lit.data.images import (
+    DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DataError, list_image_files, load_rgb, open_checked, read_caption,
+)
+
+__all__ = ["CaptionedImage", "CaptionedImageDataset", "DataError", "ScanReport",
+           "SkippedFile", "load_rgb", "scan_captioned_images", "scan_folder", "with_trigger"]
+
+log = logging.getLogger(__name__)
+
 METADATA_FILE = "metadata.jsonl"  # Hugging Face imagefolder convention: {"file_name": ..., "text": ...}
-
-
-class DataError(ValueError):
-    """A data problem found before training; the message names the file or config key."""
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
 
 
 @dataclass(frozen=True)
 class CaptionedImage:
     path: Path
     caption: str
+    size: tuple[int, int]  # upright (height, width), EXIF orientation applied
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass
+class ScanReport:
+    examples: list[CaptionedImage]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def log_summary(self) -> None:
+        if self.skipped:
+            lines = "\n".join(f"  {s.reason}" for s in self.skipped)
+            log.warning("skipped %d of %d image files (data.on_bad_file=skip):\n%s",
+                        len(self.skipped), len(self.skipped) + len(self.examples), lines)
 
 
 def with_trigger(caption: str, trigger: str) -> str:
@@ -36,7 +63,7 @@ def _metadata_captions(root: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     captions = {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_caption(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -47,80 +74,153 @@ def _metadata_captions(root: Path) -> dict[str, str]:
     return captions
 
 
-def _check_image(path: Path) -> None:
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Exception as err:  # PIL raises many types for broken files
-        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
+def _upright_size(path: Path, min_side: int, max_pixels: int) -> tuple[int, int]:
+    with open_checked(path, max_pixels) as image:
+        width, height = image.size
+        if image.getexif().get(0x0112) in _SWAPS_SIDES:
+            width, height = height, width
+    if min(width, height) < min_side:
+        raise DataError(f"{path}: {width}x{height} image is below data.min_image_side={min_side}")
+    return height, width
 
 
-def scan_captioned_images(root: str | Path, trigger: str) -> list[CaptionedImage]:
-    """Every image under `root` with its caption; any problem raises `DataError` naming the file."""
+def _caption_of(path: Path, root: Path, from_metadata: dict[str, str]) -> str:
+    sidecar = path.with_suffix(".txt")
+    caption = from_metadata.get(path.relative_to(root).as_posix())
+    if caption is None and sidecar.is_file():
+        caption = read_caption(sidecar)
+    if caption is None or not caption.strip():
+        raise DataError(f"{path}: no caption (expected {sidecar.name} beside it or an entry in {METADATA_FILE})")
+    return caption
+
+
+def scan_folder(root: str | Path, trigger: str, on_bad_file: str = "error", min_side: int = 1,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ScanReport:
+    """Every usable image under `root` with its caption, each image decoded once to prove it reads.
+
+    A bad file (unreadable, empty, too small or too large, no caption, caption not UTF-8) raises
+    `DataError` naming it when `on_bad_file="error"`, and is listed in `ScanReport.skipped` with
+    the reason when `on_bad_file="skip"`.
+    """
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise DataError(f"data.on_bad_file: must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root: directory {root} does not exist")
     from_metadata = _metadata_captions(root)
-    examples = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
-        sidecar = path.with_suffix(".txt")
-        caption = from_metadata.get(path.relative_to(root).as_posix())
-        if caption is None and sidecar.is_file():
-            try:
-                caption = sidecar.read_text(encoding="utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{sidecar}: caption is not valid UTF-8 ({err})") from err
-        if caption is None or not caption.strip():
-            raise DataError(f"{path}: no caption (expected {sidecar.name} beside it or an entry in {METADATA_FILE})")
-        _check_image(path)
-        examples.append(CaptionedImage(path, with_trigger(caption, trigger)))
-    if not examples:
-        raise DataError(f"data.root: no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
-    return examples
+    report = ScanReport(examples=[])
+    for path in list_image_files(root):
+        try:
+            caption = _caption_of(path, root, from_metadata)
+            size = _upright_size(path, min_side, max_pixels)
+        except DataError as err:
+            if on_bad_file == "error":
+                raise
+            report.skipped.append(SkippedFile(path, str(err)))
+            continue
+        report.examples.append(CaptionedImage(path, with_trigger(caption, trigger), size))
+    if not report.examples:
+        found = f" ({len(report.skipped)} skipped as bad)" if report.skipped else ""
+        raise DataError(f"data.root: no usable images ({', '.join(IMAGE_SUFFIXES)}) found in {root}{found}")
+    return report
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image upright (EXIF orientation applied) in RGB."""
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
+def scan_captioned_images(root: str | Path, trigger: str) -> list[CaptionedImage]:
+    """Strict scan: the first bad file raises `DataError` naming it."""
+    return scan_folder(root, trigger, on_bad_file="error").examples
 
 
 class CaptionedImageDataset(Dataset):
-    """Square SDXL training samples with the micro-conditioning each one needs.
+    """SDXL training samples, each resized and cropped to its aspect bucket, with its micro-conditioning.
 
-    Each item holds `pixel_values` in [-1, 1], the `caption`, and the SDXL size conditioning:
-    `original_size` (h, w) of the source image and `crop_top_left` (top, left) of the crop taken
-    from the resized image, as SDXL was trained with.
+    Each item holds the `caption` and SDXL's size conditioning: `original_size` (h, w) of the upright
+    source image, `crop_top_left` (top, left) of the crop taken from the resized image, `target_size`
+    (h, w) of the bucket. The image comes as `pixel_values` in [-1, 1], or, once `use_latent_cache`
+    was called, as `latent_dist`: the VAE posterior's parameters (mean and log-variance) from the
+    cache, which the module samples from. With `use_text_cache`, `prompt_embeds` and
+    `pooled_prompt_embeds` come from the text-embedding cache too.
+
+    A file that turns bad after the scan is replaced by another sample of its bucket (`skip`,
+    logged) or raises `DataError` naming it (`error`), so an epoch never dies on one file.
     """
 
-    def __init__(self, examples: list[CaptionedImage], resolution: int, crop: str = "center", random_flip: bool = False):
+    def __init__(self, examples: list[CaptionedImage], resolution: int, crop: str = "center",
+                 random_flip: bool = False, buckets: list[Bucket] | None = None, on_bad_file: str = "skip",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.examples = examples
-        self.resolution = resolution
         self.crop = crop
         self.random_flip = random_flip
+        self.on_bad_file = on_bad_file
+        self.max_pixels = max_pixels
+        self.buckets = buckets or [(resolution, resolution)]
+        self.item_buckets = [nearest_bucket(*example.size, self.buckets) for example in examples]
+        self.latent_cache: tuple[TensorCache, list[str]] | None = None
+        self.text_cache: tuple[TensorCache, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict:
-        example = self.examples[index]
-        image = load_rgb(example.path)
-        original_size = (image.height, image.width)
-        image = TF.resize(image, self.resolution, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
-        spare_h, spare_w = image.height - self.resolution, image.width - self.resolution
-        if self.crop == "center":
-            top, left = round(spare_h / 2), round(spare_w / 2)
-        else:
-            top = int(torch.randint(0, spare_h + 1, ()).item())
-            left = int(torch.randint(0, spare_w + 1, ()).item())
-        image = TF.crop(image, top, left, self.resolution, self.resolution)
+    def use_latent_cache(self, cache: TensorCache, keys: list[str]) -> None:
+        self.latent_cache = (cache, keys)
+
+    def use_text_cache(self, cache: TensorCache, keys: list[str]) -> None:
+        self.text_cache = (cache, keys)
+
+    def planned_crop(self, index: int) -> tuple[int, int]:
+        """The (top, left) crop of a center-cropped item: what cached latents were encoded with."""
+        return resize_and_crop_box(*self.examples[index].size, self.item_buckets[index], center=True)[1]
+
+    def pixels(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The item's image in [-1, 1] at its bucket size, and the (top, left) of its crop."""
+        example, bucket = self.examples[index], self.item_buckets[index]
+        image = load_rgb(example.path, self.max_pixels)
+        if (image.height, image.width) != example.size:
+            raise DataError(f"{example.path}: changed since the scan ({image.width}x{image.height} now)")
+        resized, (top, left) = resize_and_crop_box(*example.size, bucket, center=self.crop == "center")
+        image = TF.resize(image, list(resized), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        image = TF.crop(image, top, left, *bucket)
         if self.random_flip and torch.rand(()) < 0.5:
             image = TF.hflip(image)
-            left = spare_w - left  # the crop as seen in the mirrored image
-        pixels = TF.normalize(TF.to_tensor(image), [0.5], [0.5])
-        return {
-            "pixel_values": pixels,
-            "caption": example.caption,
-            "original_size": torch.tensor(original_size),
-            "crop_top_left": torch.tensor((top, left)),
-        }
+            left = resized[1] - bucket[1] - left  # the crop as seen in the mirrored image
+        return TF.normalize(TF.to_tensor(image), [0.5], [0.5]), (top, left)
+
+    def _cached(self, cache: tuple[TensorCache, list[str]], index: int, what: str) -> dict[str, torch.Tensor]:
+        store, keys = cache
+        entry = store.get(keys[index])
+        if entry is None:
+            raise DataError(f"{self.examples[index].path}: its {what} cache entry is missing or unreadable")
+        return entry
+
+    def _item(self, index: int) -> dict:
+        example, bucket = self.examples[index], self.item_buckets[index]
+        item = {"caption": example.caption, "original_size": torch.tensor(example.size),
+                "target_size": torch.tensor(bucket)}
+        if self.latent_cache is not None:
+            item["latent_dist"] = self._cached(self.latent_cache, index, "latent")["latent_dist"]
+            item["crop_top_left"] = torch.tensor(self.planned_crop(index))
+        else:
+            item["pixel_values"], crop = self.pixels(index)
+            item["crop_top_left"] = torch.tensor(crop)
+        if self.text_cache is not None:
+            item.update(self._cached(self.text_cache, index, "text-embedding"))
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self._item(index)
+        except (DataError, OSError) as err:
+            if self.on_bad_file == "error":
+                raise DataError(str(err)) from err
+            first_error = err
+        same_bucket = [i for i, b in enumerate(self.item_buckets) if b == self.item_buckets[index]]
+        start = same_bucket.index(index)
+        for replacement in same_bucket[start + 1:] + same_bucket[:start]:
+            try:
+                item = self._item(replacement)
+            except (DataError, OSError):
+                continue
+            log.warning("%s; skipped (data.on_bad_file=skip), using %s instead",
+                        first_error, self.examples[replacement].path.name)
+            return item
+        raise DataError(f"no readable sample left in bucket {self.item_buckets[index]}: {first_error}")
+

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from hydra.utils import instantiate
 from torch import nn
 
@@ -61,7 +62,7 @@ class SDXLLoRAModule(L.LightningModule):
             self.unet.enable_gradient_checkpointing()
             if self.lora_cfg.train_text_encoders:
                 for encoder in (self.text_encoder, self.text_encoder_2):
-                    encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    encoder.activation_checkpointing_enable({"use_reentrant": False})
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
@@ -81,19 +82,26 @@ class SDXLLoRAModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch, self.step_generator())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["pixel_values"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 
     def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        """`batch` holds `pixel_values` or cached `latent_dist` (VAE posterior parameters), and may hold
+        cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`)."""
         with torch.no_grad():
-            pixels = batch["pixel_values"].to(self.vae.dtype)
-            latents = self.vae.encode(pixels).latent_dist.sample(generator) * self.vae.config.scaling_factor
-        with torch.set_grad_enabled(self.lora_cfg.train_text_encoders and torch.is_grad_enabled()):
-            prompt_embeds, pooled = encode_prompts(
-                self.tokenizers, (self.text_encoder, self.text_encoder_2), batch["caption"]
-            )
-        resolution = torch.tensor(pixels.shape[-2:], device=self.device).expand(pixels.shape[0], 2)
-        add_time_ids = time_ids(batch["original_size"], batch["crop_top_left"], resolution)
+            if "latent_dist" in batch:
+                posterior = DiagonalGaussianDistribution(batch["latent_dist"].to(self.vae.dtype))
+            else:
+                posterior = self.vae.encode(batch["pixel_values"].to(self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator) * self.vae.config.scaling_factor
+        if "prompt_embeds" in batch:
+            prompt_embeds, pooled = batch["prompt_embeds"], batch["pooled_prompt_embeds"]
+        else:
+            with torch.set_grad_enabled(self.lora_cfg.train_text_encoders and torch.is_grad_enabled()):
+                prompt_embeds, pooled = encode_prompts(
+                    self.tokenizers, (self.text_encoder, self.text_encoder_2), batch["caption"]
+                )
+        add_time_ids = time_ids(batch["original_size"], batch["crop_top_left"], batch["target_size"])
         return denoising_loss(
             self.unet, self.noise_scheduler, latents.float(), prompt_embeds, pooled, add_time_ids,
             generator, self.objective_cfg,

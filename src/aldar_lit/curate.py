@@ -1,0 +1,22 @@
+"""Filter raw renders into a training set.  python -m aldar_lit.curate input_dir=raw/ output_dir=kept/
+
+Drops near-duplicates, blurry and small images (and, optionally, images without a detectable face),
+and writes the kept set to <output_dir>/images (train on it with data.root=<output_dir>/images)
+with report.json, report.md and contact_sheet.png beside it.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from aldar_lit.data.curation import run_curation
+from aldar_lit.data.prep_config import register_prep_configs
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="curate")
+def main(cfg: DictConfig) -> None:
+    run_curation(cfg)
+
+
+if __name__ == "__main__":
+    register_prep_configs()
+    main()

@@ -1,0 +1,239 @@
+"""Captioning through the real `openai` client against an OpenAI-compatible server run by the test."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from aldar_lit.config import ConfigError
+from aldar_lit.data.captioning import caption_folder, image_tokens
+from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs, to_config
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-DO-NOT-LEAK-8f3a9c"
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+def completion(content: str) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-4o",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160}}
+
+
+def colour_of_request(body: dict) -> str:
+    """Decode the image the client sent and name its colour, so each answer depends on the real payload."""
+    url = next(part["image_url"]["url"] for part in body["messages"][0]["content"] if part["type"] == "image_url")
+    image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    r, g, b = image.resize((1, 1)).getpixel((0, 0))
+    return max(zip((r, g, b), ("red", "green", "blue")))[1]
+
+
+def describe(body: dict) -> tuple[int, dict, bytes]:
+    text = (f"aldar_kose_man in a medium shot, front view, standing with a smile. "
+            f"He wears a blue robe and a pointed hat in front of a plain {colour_of_request(body)} background.")
+    return 200, {}, json.dumps(completion(text)).encode()
+
+
+class FakeOpenAI:
+    """A chat-completions endpoint on 127.0.0.1; `behaviour(body, n)` answers the n-th request (from 0)."""
+
+    def __init__(self, behaviour: Callable[[dict, int], tuple[int, dict, bytes]]):
+        self.behaviour = behaviour
+        self.requests: list[dict] = []
+        self.auth_headers: list[str] = []
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.auth_headers.append(self.headers.get("Authorization", ""))
+                status, headers, payload = server.behaviour(body, len(server.requests) - 1)
+                if status == 0:  # hang until the test ends: the client must time out
+                    server.release.wait(10)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(behaviour=lambda body, n: describe(body)) -> FakeOpenAI:
+        servers.append(FakeOpenAI(behaviour))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    folder = tmp_path / "renders"
+    folder.mkdir()
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (96, 80), rgb).save(folder / f"{name}.png")
+    return folder
+
+
+def config(images: Path, base_url: str, **overrides) -> CaptionConfig:
+    register_prep_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("caption", overrides=[f"input_dir={images}", f"base_url={base_url}",
+                                            f"cache_dir={images.parent / 'cache'}", "max_retries=2",
+                                            *(f"{k}={v}" for k, v in overrides.items())])
+    return to_config(cfg, CaptionConfig)
+
+
+def test_captions_are_written_beside_each_image_from_its_own_pixels(images, serve) -> None:
+    server = serve()
+    report = caption_folder(config(images, server.base_url), api_key=SECRET)
+    assert sorted(report.captioned) == ["blue.png", "green.png", "red.png"] and not report.failures
+    for colour in COLOURS:
+        caption = (images / f"{colour}.txt").read_text(encoding="utf-8")
+        assert caption.startswith("aldar_kose_man in a medium shot")
+        assert f"plain {colour} background" in caption
+    assert report.api_requests == 3
+    assert (report.prompt_tokens, report.completion_tokens) == (360, 120)
+    assert report.estimated_cost_usd == pytest.approx(360 * 2.5e-6 + 120 * 10e-6)
+    sent = server.requests[0]
+    assert sent["model"] == "gpt-4o"
+    assert sent["messages"][0]["content"][0]["text"].startswith("You caption training images")
+    assert "aldar_kose_man" in sent["messages"][0]["content"][0]["text"]
+    assert server.auth_headers[0] == f"Bearer {SECRET}"
+
+
+def test_a_429_is_retried_by_the_client_with_backoff(images, serve) -> None:
+    def rate_limited_first(body, n):
+        if n == 0:
+            return 429, {"retry-after-ms": "20"}, json.dumps({"error": {"message": "slow down"}}).encode()
+        return describe(body)
+
+    server = serve(rate_limited_first)
+    report = caption_folder(config(images, server.base_url, concurrency=1), api_key=SECRET)
+    assert len(report.captioned) == 3 and not report.failures
+    assert report.api_requests == 4 == len(server.requests)  # 3 images + 1 retry
+
+
+def test_a_malformed_answer_fails_that_image_only(images, serve) -> None:
+    def malformed_for_green(body, n):
+        if colour_of_request(body) == "green":
+            return 200, {}, b'{"choices": []}' if n % 2 else b"not json"
+        return describe(body)
+
+    server = serve(malformed_for_green)
+    report = caption_folder(config(images, server.base_url), api_key=SECRET)
+    assert sorted(report.captioned) == ["blue.png", "red.png"]
+    assert [f["file"] for f in report.failures] == ["green.png"]
+    assert not (images / "green.txt").exists()
+
+
+def test_a_timeout_is_retried_then_reported_as_a_failure(images, serve) -> None:
+    for path in list(images.iterdir())[1:]:
+        path.unlink()
+    server = serve(lambda body, n: (0, {}, b""))
+    report = caption_folder(config(images, server.base_url, timeout_s=0.3, max_retries=1), api_key=SECRET)
+    assert report.captioned == [] and len(report.failures) == 1
+    assert "Timeout" in report.failures[0]["error"]
+    assert len(server.requests) == 2 == report.api_requests  # the first try and one retry
+
+
+def test_a_rerun_makes_no_api_calls_and_human_captions_are_kept(images, serve) -> None:
+    server = serve()
+    cfg = config(images, server.base_url)
+    caption_folder(cfg, api_key=SECRET)
+    first = {c: (images / f"{c}.txt").read_text() for c in COLOURS}
+    (images / "red.txt").write_text("aldar_kose_man, hand-edited caption", encoding="utf-8")
+    (images / "green.txt").unlink()
+
+    again = caption_folder(cfg, api_key=SECRET)
+    assert again.api_requests == 0 and len(server.requests) == 3
+    assert again.from_cache == ["green.png"] and again.kept_existing == ["blue.png", "red.png"]
+    assert (images / "green.txt").read_text() == first["green"]
+    assert (images / "red.txt").read_text() == "aldar_kose_man, hand-edited caption"
+
+    overwritten = caption_folder(config(images, server.base_url, overwrite=True), api_key=SECRET)
+    assert overwritten.api_requests == 0 and len(overwritten.from_cache) == 3
+    assert (images / "red.txt").read_text() == first["red"]
+
+    other_model = caption_folder(config(images, server.base_url, overwrite=True, vision_model="gpt-4o-mini"),
+                                 api_key=SECRET)
+    assert other_model.api_requests == 3  # the model is part of the cache key
+
+
+def test_dry_run_lists_work_and_cost_without_calling(images, serve) -> None:
+    server = serve()
+    (images / "blue.txt").write_text("aldar_kose_man, existing", encoding="utf-8")
+    report = caption_folder(config(images, server.base_url, dry_run=True), api_key=None)
+    assert report.would_caption == ["green.png", "red.png"] and report.kept_existing == ["blue.png"]
+    assert server.requests == [] and not (images / "red.txt").exists()
+    assert report.prompt_tokens > 2 * 85 and report.completion_tokens == 2 * 90
+    assert report.estimated_cost_usd > 0
+
+
+def test_image_token_rule_matches_openai_examples() -> None:
+    assert image_tokens(1024, 1024, "high") == 765  # OpenAI's documented example
+    assert image_tokens(2048, 4096, "high") == 1105
+    assert image_tokens(4000, 3000, "low") == 85
+
+
+def test_missing_key_and_bad_values_fail_before_any_call(images, serve) -> None:
+    server = serve()
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        caption_folder(config(images, server.base_url), api_key=None)
+    with pytest.raises(ConfigError, match="concurrency"):
+        config(images, server.base_url, concurrency=0)
+    assert server.requests == []
+
+
+def test_cli_never_writes_or_logs_the_api_key(images, serve, tmp_path) -> None:
+    server = serve()
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "ALDAR_LIT_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "aldar_lit.caption", f"input_dir={images}", f"base_url={server.base_url}",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)
+    report = json.loads((images / "caption_report.json").read_text())
+    assert len(report["captioned"]) == 3
+    assert SECRET not in result.stdout + result.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".log" for p in written) and any(p.name == "config.yaml" for p in written)
+    leaking = [p for p in written if SECRET.encode() in p.read_bytes()]
+    assert leaking == []
