@@ -1,0 +1,121 @@
+"""Typed evaluation configuration (`conf/evaluate.yaml` composes into `evaluate_schema`), validated before work.
+
+Generation settings use the storyboard's own config types, so a mode evaluated here is generated exactly
+as `infer.py` would generate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from aldar_lit.config import ConfigError, ModelConfig, PathsConfig, ScorerConfig, _require
+from aldar_lit.pipelines.config import (MODES, AdaptersConfig, GenerationConfig, LoraSourceConfig, QAConfig)
+
+IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
+
+
+@dataclass
+class SuiteConfig:
+    """What is generated: the prompt suite (one story) and/or scene files, each once per seed."""
+
+    prompts: list[str] = field(default_factory=list)
+    story_files: list[str] = field(default_factory=list)  # scene lists as infer.py reads them
+    seeds: list[int] = field(default_factory=lambda: [1000, 2000, 3000, 4000])  # generation.seed of each pass
+    trigger: str = "aldar_kose_man"
+    style: str = ""
+
+    def __post_init__(self) -> None:
+        for index, prompt in enumerate(self.prompts):
+            _require(isinstance(prompt, str) and bool(prompt.strip()), f"suite.prompts[{index}]",
+                     "must be a non-empty string")
+        _require(len(self.seeds) > 0, "suite.seeds", "must hold at least one seed")
+        _require(len(set(self.seeds)) == len(self.seeds), "suite.seeds", f"has duplicates: {list(self.seeds)}")
+
+
+@dataclass
+class IdentityConfig:
+    """Face identity backends (aldar_lit.quality.face_identity); one that cannot load is reported and skipped."""
+
+    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])
+    insightface_pack: str = "buffalo_l"
+    insightface_root: str = "~/.insightface"
+    insightface_det_size: int = 640
+    arcface_onnx_path: Optional[str] = None
+    dlib_upsample: int = 1  # HOG detector upsampling: 1 finds faces down to ~40 px
+
+    def __post_init__(self) -> None:
+        for name in self.backends:
+            _require(name in IDENTITY_BACKENDS, "identity.backends",
+                     f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
+        if "arcface_onnx" in self.backends:
+            _require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
+
+
+@dataclass
+class StatsConfig:
+    num_resamples: int = 10_000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.num_resamples >= 100, "stats.num_resamples", f"must be >= 100, got {self.num_resamples}")
+        _require(0 < self.confidence < 1, "stats.confidence", f"must be in (0, 1), got {self.confidence}")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    mode: str = "offline"  # offline | online
+    project: str = "aldar_lit"
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSourceConfig = field(default_factory=LoraSourceConfig)
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    reference_images: Optional[str] = None  # the character's training images (CLIP-I, DINO, identity to training set)
+    max_reference_images: int = 32
+    frames_from: list[str] = field(default_factory=list)  # infer.py run dirs to reuse instead of generating
+    sweep_dir: Optional[str] = None  # a training multirun: evaluate every run's lora/ in mode simple
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.suite.prompts) or bool(self.suite.story_files), "suite.prompts",
+                 "the prompt suite is empty and suite.story_files names no story: nothing to evaluate")
+        _require(len(self.modes) > 0, "modes", "must name at least one mode")
+        for mode in self.modes:
+            _require(mode in MODES, "modes", f"unknown mode {mode!r}; known modes: {list(MODES)}")
+        _require(len(set(self.modes)) == len(self.modes), "modes", f"has duplicates: {list(self.modes)}")
+        if self.sweep_dir is None and any(m != "baseline" for m in self.modes):
+            _require(self.lora.path is not None, "lora.path",
+                     f"modes {[m for m in self.modes if m != 'baseline']} need an adapter: lora.path=<run>/lora")
+        _require(self.max_reference_images > 0, "max_reference_images", "must be positive")
+
+
+def register_evaluate_configs() -> None:
+    ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
+
+
+def to_eval_config(cfg: DictConfig) -> EvalConfig:
+    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
+    config = OmegaConf.to_object(cfg)
+    if not isinstance(config, EvalConfig):
+        raise ConfigError("the config was not composed on the `evaluate_schema` (conf/evaluate.yaml's defaults list)")
+    return config

@@ -1,0 +1,243 @@
+"""Per-image and per-story metrics of generated storyboards, as long rows (one per image x metric).
+
+A value is NaN where it cannot exist (no face detected, no QA run, frame 1 compared with itself); the
+summary then reports how many images had a value next to the mean, never a mean over survivors alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from aldar_lit.data.dataset import load_rgb
+from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
+from aldar_lit.evaluation.generation import StoryboardRun
+from aldar_lit.evaluation.statistics import Estimate, bootstrap_mean, paired_difference
+from aldar_lit.quality.clip_scorer import ClipScorer
+from aldar_lit.quality.dino_scorer import DinoScorer
+from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
+                                            FaceModelMissing, InsightFaceEmbedder, main_face)
+from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
+
+log = logging.getLogger(__name__)
+ANOMALIES = (NO_FACE, MULTIPLE_FACES, INVALID_POSE, TOO_SMALL, CUT_OFF)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+# name (without the "/backend" suffix of identity metrics) -> definition, for the report
+DEFINITIONS = {
+    "clip_t": "CLIP-T: cosine between the frame and its prompt (open_clip); prompt fidelity (DreamBench)",
+    "clip_i": "CLIP-I: mean cosine between the frame and every training image; subject fidelity (DreamBench)",
+    "dino": "DINO: mean cosine of DINO ViT-S/16 CLS embeddings, frame vs every training image (DreamBench)",
+    "face_detected": "1 when the identity backend found a face in the frame, else 0 (the detection rate)",
+    "id_to_frame1": "cosine of the frame's largest face to frame 1's, same storyboard; frames 2..N with both faces",
+    "id_to_train": "mean cosine of the frame's largest face to the faces of the training images",
+    "story_consistency": "per storyboard: mean pairwise cosine between the faces of its frames (those detected)",
+    "story_consistency_sd": "per storyboard: standard deviation of those pairwise cosines",
+    "anomaly": "1 when the kept attempt had a face/pose anomaly in QA (no/several faces, bad pose, small, cut off)",
+    "qa_attempts": "generation attempts spent on the frame (QA retries + 1)",
+    "seconds": "wall seconds for the frame, all attempts and QA included",
+    "peak_memory_gb": "per storyboard: peak accelerator memory during its generation (GB; NaN on CPU or reused runs)",
+}
+STORY_LEVEL = ("story_consistency", "story_consistency_sd", "peak_memory_gb")
+
+
+def base_metric(metric: str) -> str:
+    return metric.split("/", 1)[0]
+
+
+@dataclass
+class Scorers:
+    clip: ClipScorer
+    dino: Optional[DinoScorer]
+    identity: dict[str, FaceIdentityEmbedder]
+    unavailable: dict[str, str] = field(default_factory=dict)  # backend -> why it did not load
+
+    def versions(self, cfg: EvalConfig) -> dict[str, str]:
+        """What produced each number, for the report."""
+        sc = cfg.scorer
+        versions = {"clip": f"open_clip {sc.clip_model} / {sc.clip_pretrained or 'random weights (seed %d)' % sc.seed}"}
+        if self.dino is not None:
+            versions["dino"] = f"timm {sc.dino.model_name} ({'pretrained' if sc.dino.pretrained else 'random weights'})"
+        versions.update({f"identity/{name}": e.version for name, e in self.identity.items()})
+        versions.update({f"identity/{name}": f"UNAVAILABLE: {why}" for name, why in self.unavailable.items()})
+        return versions
+
+
+def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
+    """The configured backends that load; the others with the reason (e.g. an absent InsightFace pack)."""
+    loaded, unavailable = {}, {}
+    for name in cfg.backends:
+        try:
+            if name == "insightface":
+                loaded[name] = InsightFaceEmbedder(cfg.insightface_pack, cfg.insightface_root,
+                                                   cfg.insightface_det_size, device)
+            elif name == "arcface_onnx":
+                loaded[name] = ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample)
+            else:
+                loaded[name] = DlibEmbedder(upsample=cfg.dlib_upsample)
+        except FaceModelMissing as err:
+            log.warning("face identity backend %s skipped: %s", name, err)
+            unavailable[name] = str(err)
+    return loaded, unavailable
+
+
+def build_scorers(cfg: EvalConfig, device: str = "cpu") -> Scorers:
+    sc = cfg.scorer
+    clip = ClipScorer(sc.clip_model, sc.clip_pretrained, device, sc.seed)
+    dino = None
+    if sc.dino is not None:
+        dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
+    identity, unavailable = build_identity_embedders(cfg.identity, device)
+    return Scorers(clip, dino, identity, unavailable)
+
+
+def load_reference_images(root: Optional[str], limit: int) -> list[Image.Image]:
+    """The character's training images (sorted, at most `limit`); none when `root` is None."""
+    if root is None:
+        return []
+    path = Path(root).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"reference_images: no images in {str(path)!r}")
+    return [load_rgb(p) for p in files[:limit]]
+
+
+@dataclass
+class Frame:
+    run: StoryboardRun
+    index: int
+    prompt: str
+    image: Image.Image
+    seconds: float
+    attempts: int
+    anomaly: Optional[bool]  # None without QA
+
+
+def frames_of(run: StoryboardRun) -> list[Frame]:
+    frames = []
+    for entry in run.manifest.get("frames") or []:
+        kept = entry["attempts"][entry.get("chosen_attempt", 0)]
+        qa = kept.get("qa")
+        anomaly = None if qa is None else any(f in ANOMALIES for f in qa.get("failures", []))
+        frames.append(Frame(run, int(entry["index"]), entry["prompt"], load_rgb(run.dir / entry["file"]),
+                            float(entry.get("seconds", np.nan)), len(entry["attempts"]), anomaly))
+    return frames
+
+
+def _row(run: StoryboardRun, frame: int, prompt: str, metric: str, value: Optional[float]) -> dict[str, Any]:
+    return {"mode": run.mode, "story": run.story, "seed": run.seed, "frame": frame, "prompt": prompt,
+            "metric": metric, "value": np.nan if value is None else float(value)}
+
+
+def pairwise_matrix(embeddings: Sequence[Optional[np.ndarray]]) -> np.ndarray:
+    """Cosine between every two frames' faces; NaN where either has none."""
+    n = len(embeddings)
+    matrix = np.full((n, n), np.nan)
+    for i, j in itertools.product(range(n), repeat=2):
+        if embeddings[i] is not None and embeddings[j] is not None:
+            matrix[i, j] = float(embeddings[i] @ embeddings[j])
+    return matrix
+
+
+@dataclass
+class Measurements:
+    rows: list[dict[str, Any]]
+    heatmaps: dict[tuple, np.ndarray]  # (mode, story, seed, backend) -> frame x frame identity cosines
+
+
+def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.Image]) -> Measurements:
+    """Every metric for every frame of every storyboard."""
+    rows: list[dict[str, Any]] = []
+    heatmaps: dict[tuple, np.ndarray] = {}
+    ref_clip = scorers.clip.embed_images(references) if references else None
+    ref_dino = scorers.dino.embed_images(references) if references and scorers.dino else None
+    ref_faces = {name: [f for f in (main_face(e.embed(img)) for img in references) if f is not None]
+                 for name, e in scorers.identity.items()}
+    for name, faces in ref_faces.items():
+        if references and not faces:
+            log.warning("identity %s: no face found in any reference image; id_to_train is NaN", name)
+    for run in runs:
+        frames = frames_of(run)
+        images = [f.image for f in frames]
+        clip_t = scorers.clip.text_image(images, [f.prompt for f in frames]).tolist()
+        clip_embeds = scorers.clip.embed_images(images)
+        clip_i = (clip_embeds @ ref_clip.T).mean(1).tolist() if ref_clip is not None else [None] * len(frames)
+        dino_i = ([None] * len(frames) if ref_dino is None
+                  else (scorers.dino.embed_images(images) @ ref_dino.T).mean(1).tolist())
+        for frame, t, i, d in zip(frames, clip_t, clip_i, dino_i):
+            rows += [_row(run, frame.index, frame.prompt, "clip_t", t)]
+            if ref_clip is not None:
+                rows.append(_row(run, frame.index, frame.prompt, "clip_i", i))
+            if ref_dino is not None:
+                rows.append(_row(run, frame.index, frame.prompt, "dino", d))
+            rows += [_row(run, frame.index, frame.prompt, "anomaly", frame.anomaly),
+                     _row(run, frame.index, frame.prompt, "qa_attempts", frame.attempts),
+                     _row(run, frame.index, frame.prompt, "seconds", frame.seconds)]
+        for name, embedder in scorers.identity.items():
+            faces = [main_face(embedder.embed(f.image)) for f in frames]
+            embeds = [None if face is None else face.embedding for face in faces]
+            first = next((e for f, e in zip(frames, embeds) if f.index == 1), None)
+            train = np.stack([f.embedding for f in ref_faces[name]]) if ref_faces[name] else None
+            for frame, emb in zip(frames, embeds):
+                to_first = None if (emb is None or first is None or frame.index == 1) else float(emb @ first)
+                to_train = None if (emb is None or train is None) else float((train @ emb).mean())
+                rows += [_row(run, frame.index, frame.prompt, f"face_detected/{name}", emb is not None),
+                         _row(run, frame.index, frame.prompt, f"id_to_frame1/{name}", to_first),
+                         _row(run, frame.index, frame.prompt, f"id_to_train/{name}", to_train)]
+            matrix = pairwise_matrix(embeds)
+            heatmaps[(run.mode, run.story, run.seed, name)] = matrix
+            pairs = matrix[np.triu_indices(len(frames), k=1)]
+            pairs = pairs[np.isfinite(pairs)]
+            rows += [_row(run, 0, "", f"story_consistency/{name}", pairs.mean() if len(pairs) else None),
+                     _row(run, 0, "", f"story_consistency_sd/{name}", pairs.std() if len(pairs) else None)]
+        peak = (run.manifest.get("timings") or {}).get("peak_memory_bytes")
+        rows.append(_row(run, 0, "", "peak_memory_gb", None if peak is None else peak / 1e9))
+    return Measurements(rows, heatmaps)
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["metric"] for r in rows))
+
+
+def summarise(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, confidence: float,
+              seed: int) -> list[dict[str, Any]]:
+    """Per mode x metric: mean with bootstrap CI over the units that have a value, and how many do."""
+    summary = []
+    for metric in metric_names(rows):
+        for mode in modes:
+            values = np.array([r["value"] for r in rows if r["metric"] == metric and r["mode"] == mode], float)
+            if len(values) == 0:
+                continue
+            est = bootstrap_mean(values, num_resamples, confidence, seed)
+            summary.append({"mode": mode, "metric": metric, "n": est.n, "n_total": len(values), "mean": est.mean,
+                            "ci_low": est.ci_low, "ci_high": est.ci_high})
+    return summary
+
+
+def compare(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, confidence: float,
+            seed: int) -> list[dict[str, Any]]:
+    """Paired differences (later mode minus earlier, e.g. simple - baseline) per metric over shared units."""
+    comparisons = []
+    by_key = {(r["metric"], r["mode"], r["story"], r["seed"], r["frame"]): r["value"] for r in rows}
+    for metric in metric_names(rows):
+        if base_metric(metric) in ("qa_attempts", "seconds", "peak_memory_gb"):
+            continue
+        for control, treatment in itertools.combinations(modes, 2):
+            units = sorted({k[2:] for k in by_key if k[0] == metric and k[1] == control}
+                           & {k[2:] for k in by_key if k[0] == metric and k[1] == treatment})
+            if not units:
+                continue
+            est: Estimate = paired_difference([by_key[(metric, treatment, *u)] for u in units],
+                                              [by_key[(metric, control, *u)] for u in units],
+                                              num_resamples, confidence, seed)
+            comparisons.append({"metric": metric, "treatment": treatment, "control": control,
+                                "n_pairs": est.n, "n_units": len(units), "mean_diff": est.mean,
+                                "ci_low": est.ci_low, "ci_high": est.ci_high, "significant": est.significant})
+    return comparisons

@@ -1,0 +1,177 @@
+"""Evaluation report files under the run dir, each written atomically: results.csv (image x metric),
+summary.csv, comparisons.csv, report.md, plots (*.png) and sample grids per mode."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric
+from aldar_lit.pipelines.outputs import _write_bytes_atomic, contact_sheet, png_bytes
+
+RESULT_COLUMNS = ("mode", "story", "seed", "frame", "prompt", "metric", "value")
+SUMMARY_COLUMNS = ("mode", "metric", "n", "n_total", "mean", "ci_low", "ci_high")
+SMALL_SAMPLE = 10  # pairs below which the percentile bootstrap under-covers noticeably
+COMPARISON_COLUMNS = ("metric", "treatment", "control", "n_pairs", "n_units", "mean_diff", "ci_low", "ci_high",
+                      "significant")
+
+
+def write_text(path: Path, text: str) -> None:
+    _write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def interval(row: dict[str, Any], key: str = "mean") -> str:
+    if math.isnan(row["ci_low"]):
+        return fmt(row[key])
+    return f"{fmt(row[key])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def report_markdown(facts: dict[str, Any], summary: list[dict[str, Any]], comparisons: list[dict[str, Any]],
+                    versions: dict[str, str], notes: list[str], confidence: float) -> str:
+    pct = f"{confidence:.0%}"
+    lines = ["# Evaluation report", ""]
+    lines += [f"- {key}: {value}" for key, value in facts.items()] + [""]
+    lines += ["## Models used", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
+    for mode in dict.fromkeys(r["mode"] for r in summary):
+        lines += [f"## Mode `{mode}`", "",
+                  f"Mean with its {pct} bootstrap interval; n = images (storyboards for per-story metrics) with a "
+                  "value, of all generated. Identity metrics exist only where a face was detected: read them next "
+                  "to `face_detected`.", ""]
+        lines += markdown_table(["metric", f"mean [{pct} CI]", "n / total"],
+                                [[r["metric"], interval(r), f"{r['n']} / {r['n_total']}"]
+                                 for r in summary if r["mode"] == mode]) + [""]
+    shown = [c for c in comparisons if c["n_pairs"] > 0]
+    if shown:
+        lines += ["## Paired comparisons", "",
+                  f"Difference treatment − control over the same (story, seed, frame) units, {pct} bootstrap "
+                  "interval; **significant** when the interval excludes 0. Units where either mode has no value "
+                  "(e.g. no face) are left out of that comparison and counted in n pairs.", ""]
+        lines += markdown_table(
+            ["metric", "treatment − control", f"difference [{pct} CI]", "n pairs / units", "significant"],
+            [[c["metric"], f"{c['treatment']} − {c['control']}", interval(c, "mean_diff"),
+              f"{c['n_pairs']} / {c['n_units']}", "**yes**" if c["significant"] else "no"] for c in shown])
+        lines += [""]
+        hidden = sorted({c["metric"] for c in comparisons if c["n_pairs"] == 0})
+        if hidden:
+            lines += [f"Not comparable (no unit has a value in both modes, e.g. no face detected): "
+                      f"{', '.join(hidden)}.", ""]
+        if any(c["n_pairs"] < SMALL_SAMPLE for c in shown):
+            lines += [f"Comparisons over fewer than {SMALL_SAMPLE} pairs: percentile-bootstrap intervals are too "
+                      "narrow at such sizes, so read their significance as indicative only.", ""]
+    lines += ["## Metric definitions", ""] + [f"- `{k}`: {v}" for k, v in DEFINITIONS.items()]
+    lines += ["- `<metric>/<backend>`: identity metrics per face-embedding backend; cosine scales differ between "
+              "backends (dlib's descriptors are not centred), so compare modes within one backend.", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    _pyplot().close(fig)
+    _write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_metric_bars(summary: list[dict[str, Any]], path: Path) -> None:
+    """One panel per metric: a bar per mode with its CI as error bar."""
+    plt = _pyplot()
+    metrics = [m for m in dict.fromkeys(r["metric"] for r in summary)
+               if base_metric(m) not in ("qa_attempts", "seconds", "peak_memory_gb")]
+    columns = min(4, len(metrics)) or 1
+    rows = max(1, math.ceil(len(metrics) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        entries = [r for r in summary if r["metric"] == metric]
+        means = np.array([r["mean"] for r in entries], float)
+        low = np.nan_to_num(means - np.array([r["ci_low"] for r in entries], float))
+        high = np.nan_to_num(np.array([r["ci_high"] for r in entries], float) - means)
+        ax.bar(range(len(entries)), np.nan_to_num(means), yerr=[low, high], capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(entries)), [f"{r['mode']}\nn={r['n']}/{r['n_total']}" for r in entries], fontsize=7)
+        ax.set_title(metric, fontsize=9)
+        if np.isnan(means).all():
+            ax.text(0.5, 0.5, "no values (n=0)", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path: Path, max_columns: int = 4) -> None:
+    """Frame x frame face cosines per storyboard: one row per mode, one column per (story, seed)."""
+    plt = _pyplot()
+    keys = [k for k in heatmaps if k[3] == backend]
+    modes = list(dict.fromkeys(k[0] for k in keys))
+    stories = list(dict.fromkeys(k[1:3] for k in keys))[:max_columns]
+    fig, axes = plt.subplots(len(modes), len(stories), figsize=(3 * len(stories), 2.8 * len(modes)), squeeze=False)
+    image = None
+    for r, mode in enumerate(modes):
+        for c, (story, seed) in enumerate(stories):
+            ax = axes[r, c]
+            matrix = heatmaps.get((mode, story, seed, backend))
+            if matrix is None:
+                ax.axis("off")
+                continue
+            image = ax.imshow(np.ma.masked_invalid(matrix), vmin=-1 if backend != "dlib" else 0.5, vmax=1,
+                              cmap="viridis")
+            ax.set_title(f"{mode}\n{story} seed {seed}", fontsize=7)
+            ax.set_xlabel("frame", fontsize=7)
+            ax.set_ylabel("frame", fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"face cosine ({backend}); blank: no face")
+    save_figure(fig, path)
+
+
+def write_sample_grid(path: Path, images: Sequence, captions: Sequence[str]) -> None:
+    _write_bytes_atomic(path, png_bytes(contact_sheet(images, captions, columns=4, thumb=192)))
+
+
+def plot_sweep(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
+    """Evaluation score per run against LoRA rank and against training steps."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, key, label in ((axes[0], "lora_rank", "LoRA rank"), (axes[1], "global_step", "training steps")):
+        for metric in metrics:
+            points = sorted((r[key], r[metric]) for r in rows if r.get(key) is not None and
+                            not math.isnan(r.get(metric, math.nan)))
+            if points:
+                axis.plot(*zip(*points), marker="o", label=metric)
+        axis.set_xlabel(label)
+        axis.set_ylabel("score (mean over the suite)")
+        if axis.lines:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,136 @@
+"""`evaluate.py`'s body: frames per mode (generated or reused) -> metrics -> statistics -> report files (+ W&B).
+
+With `sweep_dir`, every training run of a multirun is evaluated in mode `simple` with its own `lora/`,
+and the sweep table (rank, steps, train time, memory vs measured scores) is written next to the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from aldar_lit.evaluation import report
+from aldar_lit.evaluation.config import EvalConfig, to_eval_config
+from aldar_lit.evaluation.generation import collect_storyboards
+from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
+                                          load_reference_images, measure, summarise)
+from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
+from aldar_lit.training.run import write_json_atomic
+from aldar_lit.training.sweep_summary import find_runs, summary_rows
+
+log = logging.getLogger(__name__)
+SWEEP_METRICS = ("clip_t", "clip_i", "dino")
+
+
+def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurements, scorers: Scorers,
+                 modes: list[str]) -> dict[str, Any]:
+    st = cfg.stats
+    summary = summarise(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
+    comparisons = compare(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
+    report.write_text(out_dir / "results.csv", report.to_csv(measurements.rows, report.RESULT_COLUMNS))
+    report.write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
+    report.write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
+    notes = [f"identity backend `{name}` did not run: {why}" for name, why in scorers.unavailable.items()]
+    if cfg.reference_images is None:
+        notes.append("no reference_images: CLIP-I, DINO and id_to_train were not computed")
+    if "ref_guided" in modes and "simple" in modes:
+        notes.append("frame 1 of ref_guided is generated exactly as in simple (it establishes the identity), so "
+                     "those pairs differ by 0; frames 2..N carry the difference")
+    facts = {"modes": ", ".join(modes), "stories": ", ".join(dict.fromkeys(r.story for r in runs)),
+             "seeds": ", ".join(str(s) for s in cfg.suite.seeds), "storyboards": len(runs),
+             "reused storyboards": sum(r.reused for r in runs), "base model": cfg.model.pretrained,
+             "LoRA": cfg.lora.path, "generation": f"{cfg.generation.width}x{cfg.generation.height}, "
+             f"{cfg.generation.steps} steps, CFG {cfg.generation.guidance_scale}",
+             "reference images": cfg.reference_images}
+    report.write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons,
+                                                                    scorers.versions(cfg), notes, st.confidence))
+    plots = [out_dir / "metric_bars.png"]
+    report.plot_metric_bars(summary, plots[0])
+    for backend in scorers.identity:
+        plots.append(out_dir / f"identity_heatmap_{backend}.png")
+        report.plot_identity_heatmaps(measurements.heatmaps, backend, plots[-1])
+    for mode in modes:
+        frames = [f for r in runs if r.mode == mode for f in frames_of(r)][:16]
+        if frames:
+            plots.append(out_dir / f"samples_{mode}.png")
+            report.write_sample_grid(plots[-1], [f.image for f in frames],
+                                     [f"{f.run.story} s{f.run.seed} #{f.index}: {f.prompt}" for f in frames])
+    if cfg.wandb.enabled:
+        log_to_wandb(cfg, out_dir, summary, comparisons, plots)
+    return {"summary": summary, "comparisons": comparisons, "plots": plots}
+
+
+def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: list[Path]) -> None:
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir), job_type="evaluate",
+                     config={"modes": cfg.modes, "seeds": cfg.suite.seeds, "base_model": cfg.model.pretrained,
+                             "lora": cfg.lora.path})
+    try:
+        run.log({"summary": wandb.Table(columns=list(report.SUMMARY_COLUMNS),
+                                        data=[[r[c] for c in report.SUMMARY_COLUMNS] for r in summary]),
+                 "comparisons": wandb.Table(columns=list(report.COMPARISON_COLUMNS),
+                                            data=[[r[c] for c in report.COMPARISON_COLUMNS] for r in comparisons]),
+                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
+    finally:
+        run.finish()
+
+
+def evaluate(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
+    references = load_reference_images(cfg.reference_images, cfg.max_reference_images)
+    if cfg.lora.path is not None and cfg.sweep_dir is None:
+        check_lora_dir(cfg.lora.path)
+    runs = collect_storyboards(cfg, out_dir, cfg.lora.path, cfg.modes)
+    scorers = build_scorers(cfg, str(resolve_device(cfg.generation.device)))
+    result = write_report(cfg, out_dir, runs, measure(runs, scorers, references), scorers, cfg.modes)
+    write_json_atomic(out_dir / "evaluation.json", {"summary": result["summary"],
+                                                   "comparisons": result["comparisons"]})
+    return result
+
+
+def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
+    """Each finished run of the sweep in mode simple: training cost (summary.json) next to measured scores."""
+    sweep_dir = Path(cfg.sweep_dir).expanduser()
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"sweep_dir: no run with a summary.json under {str(sweep_dir)!r}")
+    for run in runs:
+        check_lora_dir(run["dir"] / "lora")
+    references = load_reference_images(cfg.reference_images, cfg.max_reference_images)
+    scorers = None
+    rows = summary_rows(runs)
+    for run, row in zip(runs, rows):
+        label = f"sweep/{run['dir'].name}"
+        run_cfg = replace(cfg, frames_from=[], lora=replace(cfg.lora, path=str(run["dir"] / "lora")))
+        boards = collect_storyboards(run_cfg, out_dir, run_cfg.lora.path, ["simple"], label=label)
+        scorers = scorers or build_scorers(cfg, str(resolve_device(cfg.generation.device)))
+        measured = measure(boards, scorers, references)
+        summary = summarise(measured.rows, ["simple"], cfg.stats.num_resamples, cfg.stats.confidence, cfg.stats.seed)
+        for entry in summary:
+            row[entry["metric"]] = entry["mean"]
+            row[f"{entry['metric']}_ci"] = f"[{report.fmt(entry['ci_low'])}, {report.fmt(entry['ci_high'])}]"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    report.write_text(out_dir / "sweep_eval.csv", report.to_csv(rows, columns))
+    shown = [c for c in ("run", "overrides", "lora_rank", "global_step", "best_step", "train_seconds",
+                         "peak_memory_bytes", "adapter_bytes", *SWEEP_METRICS) if c in columns]
+    shown += [c for c in columns if c.startswith(("id_to_train/", "face_detected/"))]
+    table = report.markdown_table(shown, [[report.fmt(r.get(c)) for c in shown] for r in rows])
+    report.write_text(out_dir / "sweep_eval.md",
+                      "\n".join([f"# Sweep evaluation: {sweep_dir}", "",
+                                 f"Every run's LoRA in mode simple on the suite ({len(cfg.suite.seeds)} seeds); "
+                                 "scores are means over the suite's frames (CIs in sweep_eval.csv).", ""] + table) + "\n")
+    metrics = [m for m in (*SWEEP_METRICS, *(c for c in columns if c.startswith("id_to_train/")))
+               if any(isinstance(r.get(m), float) and not math.isnan(r[m]) for r in rows)]
+    report.plot_sweep(rows, metrics, out_dir / "sweep_eval.png")
+    return {"rows": rows}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    config = to_eval_config(cfg)
+    out_dir = Path(config.paths.output_dir)
+    return evaluate_sweep(config, out_dir) if config.sweep_dir is not None else evaluate(config, out_dir)

@@ -1,0 +1,206 @@
+"""Face identity embeddings: every face in an image as (box, L2-normalised embedding), from one of three backends.
+
+- `insightface`: an InsightFace model pack (`FaceAnalysis`, default `buffalo_l`: SCRFD detector + ArcFace
+  R50, 512-d) under `root/models/<pack>/`. Never downloaded here: an absent pack raises `FaceModelMissing`
+  saying how to get it.
+- `arcface_onnx`: a single ArcFace ONNX file loaded by `insightface.model_zoo.get_model(path)`, aligned
+  on five keypoints taken from dlib's 68-point landmarks (for ArcFace models without their pack's detector).
+- `dlib`: dlib's ResNet face recognition model (128-d) with its HOG detector and 5-point aligner; the
+  weights ship in the `face-recognition-models` wheel, so this backend runs offline.
+
+Cosines between faces of one person are high and those between different people lower on every backend,
+but the scales differ (dlib's descriptors are not centred: different people still score ~0.85-0.9), so
+compare numbers only within one backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+from PIL import Image
+
+INSIGHTFACE_HELP = ("download the pack once (e.g. https://github.com/deepinsight/insightface/releases/download/"
+                    "v0.7/{pack}.zip), unzip it so that {dir}/*.onnx exist, or set the pack root with "
+                    "identity.insightface_root; other metrics still run without it")
+
+
+class FaceModelMissing(FileNotFoundError):
+    """A face model that is not on disk; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class IdentityFace:
+    box: tuple[int, int, int, int]  # x, y, width, height in pixels
+    embedding: np.ndarray  # (D,) float32, unit L2 norm
+    score: float = 1.0
+
+    @property
+    def area(self) -> int:
+        return self.box[2] * self.box[3]
+
+
+class FaceIdentityEmbedder(Protocol):
+    name: str
+    version: str  # model files / pack, for reports
+
+    def embed(self, image: Image.Image) -> list[IdentityFace]: ...
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32).ravel()
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+def main_face(faces: list[IdentityFace]) -> Optional[IdentityFace]:
+    """The largest face: the character in a storyboard frame."""
+    return max(faces, key=lambda f: f.area, default=None)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def face_recognition_models_dir() -> Path:
+    """The model folder of the `face-recognition-models` package, found without importing it (its
+    `__init__` needs pkg_resources)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceModelMissing("identity backend dlib: the face-recognition-models package is not installed "
+                               "(pip install face-recognition-models dlib-bin)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def _dlib_file(models_dir: Path, name: str) -> str:
+    path = models_dir / name
+    if not path.is_file():
+        raise FaceModelMissing(f"identity backend dlib: no {name} in {str(models_dir)!r} "
+                               "(reinstall face-recognition-models)")
+    return str(path)
+
+
+class DlibDetector:
+    """dlib's HOG frontal-face detector (built into dlib) plus a shape predictor from face-recognition-models."""
+
+    def __init__(self, landmarks: str = "shape_predictor_5_face_landmarks.dat", upsample: int = 1,
+                 models_dir: Optional[Path] = None):
+        import dlib
+
+        self.models_dir = models_dir or face_recognition_models_dir()
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(_dlib_file(self.models_dir, landmarks))
+        self.upsample = upsample
+
+    def detect(self, rgb: np.ndarray) -> list:
+        """[(dlib.rectangle, score, dlib.full_object_detection)] for each face."""
+        rects, scores, _ = self.detector.run(rgb, self.upsample, 0.0)
+        return [(rect, float(score), self.predictor(rgb, rect)) for rect, score in zip(rects, scores)]
+
+
+def _box(rect, width: int, height: int) -> tuple[int, int, int, int]:
+    left, top = max(0, rect.left()), max(0, rect.top())
+    right, bottom = min(width, rect.right() + 1), min(height, rect.bottom() + 1)
+    return left, top, max(0, right - left), max(0, bottom - top)
+
+
+class DlibEmbedder:
+    """dlib ResNet face descriptors (128-d, `dlib_face_recognition_resnet_model_v1.dat`), unit-normalised."""
+
+    name = "dlib"
+
+    def __init__(self, upsample: int = 1, num_jitters: int = 0, models_dir: Optional[Path] = None):
+        import dlib
+
+        self.faces = DlibDetector(upsample=upsample, models_dir=models_dir)
+        weights = _dlib_file(self.faces.models_dir, "dlib_face_recognition_resnet_model_v1.dat")
+        self.model = dlib.face_recognition_model_v1(weights)
+        self.num_jitters = num_jitters
+        self.version = f"dlib {dlib.__version__} resnet_model_v1 (HOG detector, upsample {upsample})"
+
+    def embed(self, image: Image.Image) -> list[IdentityFace]:
+        rgb = _rgb(image)
+        return [IdentityFace(_box(rect, rgb.shape[1], rgb.shape[0]),
+                             unit(np.array(self.model.compute_face_descriptor(rgb, shape, self.num_jitters))), score)
+                for rect, score, shape in self.faces.detect(rgb)]
+
+
+def arcface_keypoints(shape) -> np.ndarray:
+    """ArcFace's five alignment points (eye centres, nose tip, mouth corners) from dlib's 68 landmarks."""
+    points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+    return np.stack([points[36:42].mean(0), points[42:48].mean(0), points[30], points[48], points[54]])
+
+
+class ArcFaceOnnxEmbedder:
+    """One ArcFace ONNX model through `insightface.model_zoo.get_model`, aligned on dlib landmarks."""
+
+    name = "arcface_onnx"
+
+    def __init__(self, model_path: str | os.PathLike, upsample: int = 1, models_dir: Optional[Path] = None):
+        from insightface.model_zoo import get_model
+
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise FaceModelMissing(f"identity.arcface_onnx_path: no such file {str(path)!r} (an ArcFace .onnx, "
+                                   "e.g. w600k_r50.onnx from the buffalo_l pack)")
+        model = get_model(str(path), providers=["CPUExecutionProvider"])
+        if model is None or getattr(model, "taskname", None) != "recognition":
+            raise ValueError(f"identity.arcface_onnx_path: {str(path)!r} is not an ArcFace recognition model "
+                             f"(insightface routed it to {getattr(model, 'taskname', None)!r})")
+        model.prepare(ctx_id=-1)
+        self.model = model
+        self.faces = DlibDetector("shape_predictor_68_face_landmarks.dat", upsample, models_dir)
+        self.version = f"ArcFace ONNX {path.name} (dlib HOG detector, 68-point alignment)"
+
+    def embed(self, image: Image.Image) -> list[IdentityFace]:
+        from insightface.app.common import Face
+
+        rgb = _rgb(image)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        faces = []
+        for rect, score, shape in self.faces.detect(rgb):
+            face = Face(bbox=np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float32),
+                        kps=arcface_keypoints(shape), det_score=score)
+            faces.append(IdentityFace(_box(rect, rgb.shape[1], rgb.shape[0]), unit(self.model.get(bgr, face)), score))
+        return faces
+
+
+class InsightFaceEmbedder:
+    """An InsightFace model pack (detector + ArcFace) via `FaceAnalysis`, loaded only from disk."""
+
+    name = "insightface"
+
+    def __init__(self, pack: str = "buffalo_l", root: str | os.PathLike = "~/.insightface", det_size: int = 640,
+                 device: str = "cpu"):
+        from insightface.app import FaceAnalysis
+
+        pack_dir = Path(root).expanduser() / "models" / pack
+        if not sorted(pack_dir.glob("*.onnx")):
+            raise FaceModelMissing(f"identity backend insightface: model pack {pack!r} not found at "
+                                   f"{str(pack_dir)!r}: " + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir))
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else [
+            "CPUExecutionProvider"]
+        try:
+            self.app = FaceAnalysis(name=pack, root=str(Path(root).expanduser()),
+                                    allowed_modules=["detection", "recognition"], providers=providers)
+        except AssertionError as err:  # FaceAnalysis asserts a detector is among the pack's models
+            raise FaceModelMissing(f"identity backend insightface: {str(pack_dir)!r} holds no face detector model "
+                                   "(an incomplete pack?): " + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir)) from err
+        if "recognition" not in self.app.models:
+            raise FaceModelMissing(f"identity backend insightface: {str(pack_dir)!r} holds no recognition model: "
+                                   + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir))
+        self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=(det_size, det_size))
+        self.version = f"insightface pack {pack} ({', '.join(sorted(p.name for p in pack_dir.glob('*.onnx')))})"
+
+    def embed(self, image: Image.Image) -> list[IdentityFace]:
+        rgb = _rgb(image)
+        faces = []
+        for face in self.app.get(np.ascontiguousarray(rgb[:, :, ::-1])):
+            x1, y1, x2, y2 = (int(round(v)) for v in face.bbox)
+            x1, y1 = max(0, x1), max(0, y1)
+            box = (x1, y1, max(0, min(rgb.shape[1], x2) - x1), max(0, min(rgb.shape[0], y2) - y1))
+            faces.append(IdentityFace(box, unit(face.embedding), float(face.det_score)))
+        return faces
