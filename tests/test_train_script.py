@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
 
-FAST = ["experiment=quickstart", "logger=csv", "data.demo.num_images=8", "data.demo.size=64",
+FAST = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.demo.num_images=8", "data.demo.size=64",
         "data.resolution=32", "lora.rank=2", "lora.alpha=4"]
 
 

@@ -1,4 +1,8 @@
-"""`train.py`'s body: config -> data -> SDXLLoRAModule -> Lightning fit -> exported adapter + summary."""
+"""`train.py`'s body: config -> data -> SDXLLoRAModule -> Lightning fit -> exported adapter + summary.
+
+With `validation.enabled`, a `ValidationSampler` scores samples into `val/score`, a `ModelCheckpoint`
+keeps the top-k by it, and the best checkpoint (not the last step) is what lands in `lora/`.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import re
+from dataclasses import dataclass
+from functools import partial
+
 import lightning as L
 import torch
 from hydra.utils import get_class, get_method, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
 from aldar_lit.data.datamodule import CaptionedImageDataModule
+from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.training.module import SDXLLoRAModule
+from aldar_lit.training.selection import StepCheckpoint, best_score_checkpoint, load_checkpoint_weights
+from aldar_lit.training.validation import SCORE_KEY, ValidationSampler, build_scorer
+
+SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +51,43 @@ def check_factories(config: TrainConfig) -> None:
             raise ConfigError(f"{key}._target_: cannot import {node.get('_target_')!r} ({err})") from err
 
 
-def build_trainer(config: TrainConfig, output_dir: Path) -> L.Trainer:
+@dataclass
+class Selection:
+    """The validation sampler and the `val/score` checkpoint callback of a run with validation."""
+
+    sampler: ValidationSampler
+    best: ModelCheckpoint
+
+
+def reference_images(datamodule: CaptionedImageDataModule, limit: int) -> list[Image.Image]:
+    """Up to `limit` training images, evenly spread over the dataset: the CLIP-I / DINO references."""
+    paths = [example.path for example in datamodule.scan_report.examples]
+    stride = max(1, -(-len(paths) // limit))
+    return [load_rgb(path) for path in paths[::stride][:limit]]
+
+
+def build_selection(config: TrainConfig, output_dir: Path, datamodule: CaptionedImageDataModule) -> Selection:
+    validation = config.validation
+    max_steps = config.trainer.get("max_steps", -1)
+    if max_steps is not None and 0 < max_steps < validation.every_n_steps:
+        raise ConfigError(f"validation.every_n_steps: {validation.every_n_steps} is beyond trainer.max_steps="
+                          f"{max_steps}, so no checkpoint would ever be scored; lower it or use callbacks=none")
+    references = reference_images(datamodule, validation.max_reference_images)
+    sampler = ValidationSampler(
+        prompts=config.data.validation_prompts,
+        seeds=validation.seeds,
+        every_n_steps=validation.every_n_steps,
+        scorer_factory=partial(build_scorer, config.scorer, references),
+        output_dir=output_dir,
+        num_inference_steps=validation.num_inference_steps,
+        guidance_scale=validation.guidance_scale,
+        resolution=validation.resolution or config.data.resolution,
+    )
+    best = best_score_checkpoint(output_dir / "checkpoints", validation.every_n_steps, validation.top_k)
+    return Selection(sampler, best)
+
+
+def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[Callback]) -> L.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
         filename="step-{step:06d}",
@@ -46,8 +97,60 @@ def build_trainer(config: TrainConfig, output_dir: Path) -> L.Trainer:
         save_last=config.checkpoint.save_last,
         save_weights_only=False,
     )
+    callbacks: list[Callback] = [*extra_callbacks, checkpoint]
+    if config.checkpoint.at_steps:
+        callbacks.append(StepCheckpoint(config.checkpoint.at_steps, output_dir / "checkpoints",
+                                        config.checkpoint.every_n_train_steps))
     loggers = [instantiate(spec) for spec in config.logger.values()]
-    return instantiate(config.trainer, callbacks=[checkpoint], logger=loggers or False, default_root_dir=output_dir)
+    return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir)
+
+
+def loggable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config for experiment trackers, with any secret-looking key's value withheld."""
+
+    def redact(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: "<redacted>" if SECRET_KEY.search(str(k)) else redact(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [redact(v) for v in node]
+        return node
+
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+def export_selected(module: SDXLLoRAModule, config: TrainConfig, selection: Selection | None,
+                    output_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Export the best `val/score` checkpoint's adapter (or, without validation, the final weights)."""
+    report: dict[str, Any] = {}
+    if selection is not None:
+        best_path = selection.best.best_model_path
+        if not best_path:
+            raise ConfigError(f"validation.every_n_steps: no evaluation ran in {module.global_step} steps "
+                              f"(every {config.validation.every_n_steps}); lower it or raise trainer.max_steps")
+        report = {
+            "best_checkpoint": best_path,
+            "best_step": load_checkpoint_weights(module, best_path),
+            "best_score": float(selection.best.best_model_score),
+            "score_weights": dict(config.scorer.weights),
+            "history": selection.sampler.history,
+        }
+        log.info("best checkpoint %s (step %d, val/score %.4f)", best_path, report["best_step"], report["best_score"])
+    return export_lora(module.trained_modules(), config.lora, output_dir / "lora"), report
+
+
+def log_adapter_artifact(trainer: L.Trainer, lora_dir: Path, summary: dict[str, Any]) -> None:
+    """The exported adapter as a W&B artifact (kept in the offline run dir when W&B is offline)."""
+    import wandb
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            metadata = {k: summary[k] for k in ("base_model", "lora", "global_step", "best_step", "best_score")
+                        if k in summary}
+            artifact = wandb.Artifact(f"lora-{logger.experiment.id}", type="lora", metadata=metadata)
+            artifact.add_dir(str(lora_dir))
+            logger.experiment.log_artifact(artifact)
+            logger.experiment.summary.update({k: v for k, v in metadata.items() if k != "lora"})
+            logger.experiment.finish()  # a sweep runs its jobs in one process: the next job starts a new run
 
 
 def peak_memory() -> tuple[int, str]:
@@ -75,18 +178,22 @@ def run(cfg: DictConfig) -> float:
     datamodule.prepare_data()
     datamodule.setup("fit")  # validates every image and caption before a model is loaded
     module = SDXLLoRAModule(config.model, config.lora, config.optim, config.objective, seed=config.seed)
-    trainer = build_trainer(config, output_dir)
+    selection = build_selection(config, output_dir, datamodule) if config.validation.enabled else None
+    trainer = build_trainer(config, output_dir, [selection.sampler, selection.best] if selection else [])
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(loggable_config(cfg))
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     train_seconds = time.perf_counter() - started
 
-    adapter_files = export_lora(module.trained_modules(), config.lora, output_dir / "lora")
-    summary = make_summary(config, module, trainer, train_seconds, adapter_files)
+    adapter_files, selected = export_selected(module, config, selection, output_dir)
+    summary = {**make_summary(config, module, trainer, train_seconds, adapter_files), **selected}
     write_json_atomic(output_dir / "summary.json", summary)
     log.info("LoRA written to %s", output_dir / "lora")
+    log_adapter_artifact(trainer, output_dir / "lora", summary)
+    if config.optimized_metric == SCORE_KEY:
+        return summary["best_score"]
     metric = trainer.callback_metrics.get(config.optimized_metric)
     if metric is None:
         raise ConfigError(f"optimized_metric: {config.optimized_metric!r} was never logged; "

@@ -1,0 +1,179 @@
+"""A sweep's report: one row per run (overrides, best score and step, cost), as CSV, Markdown and a plot.
+
+Runs after a Hydra multirun through `SweepSummaryCallback` (conf/hydra/default.yaml), or by hand:
+    python -m aldar_lit.training.sweep_summary multirun/train/2026-01-01_12-00-00
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("run", "overrides", "best_score", "best_step", "global_step", "train_seconds", "peak_memory_bytes",
+           "adapter_bytes", "trainable_params", "lora_rank")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """A run directory's summary.json and Hydra overrides (`.hydra/overrides.yaml`)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+    return {"dir": run_dir, "summary": summary, "overrides": list(overrides or [])}
+
+
+def find_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every run under `sweep_dir` that finished (has a summary.json), in job order."""
+    def job_order(path: Path) -> tuple[int, str]:
+        name = path.parent.relative_to(sweep_dir).as_posix()
+        return (int(name), name) if name.isdigit() else (sys.maxsize, name)
+
+    return [read_run(path.parent) for path in sorted(sweep_dir.glob("*/summary.json"), key=job_order)]
+
+
+def swept_overrides(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """key -> value per run, for the override keys whose values differ between runs (the sweep axes)."""
+    per_run = [dict(o.split("=", 1) for o in run["overrides"] if "=" in o) for run in runs]
+    keys = sorted({k for overrides in per_run for k in overrides})
+    axes = {k: [overrides.get(k, "") for overrides in per_run] for k in keys}
+    return {k: values for k, values in axes.items() if len(set(values)) > 1}
+
+
+def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    axes = swept_overrides(runs)
+    rows = []
+    for index, run in enumerate(runs):
+        summary = run["summary"]
+        rows.append({
+            "run": run["dir"].name,
+            "overrides": " ".join(f"{k}={values[index]}" for k, values in axes.items()),
+            "best_score": summary.get("best_score"),
+            "best_step": summary.get("best_step"),
+            "global_step": summary.get("global_step"),
+            "train_seconds": summary.get("train_seconds"),
+            "peak_memory_bytes": summary.get("peak_memory_bytes"),
+            "adapter_bytes": summary.get("adapter_bytes", {}).get("diffusers"),
+            "trainable_params": summary.get("trainable_params"),
+            "lora_rank": summary.get("lora", {}).get("rank"),
+        })
+    return rows
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    os.replace(tmp.name, path)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
+    best = max((r for r in rows if r["best_score"] is not None), key=lambda r: r["best_score"], default=None)
+    lines = [f"# Sweep summary: {sweep_dir}", ""]
+    if best is not None:
+        lines += [f"Best run: `{best['run']}` ({best['overrides'] or 'no overrides'}), val/score "
+                  f"{best['best_score']:.4f} at step {best['best_step']}.", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
+    """Left: best val/score per run against the sweep axis; right: val/score over steps per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    scored = [r for r in rows if r["best_score"] is not None]
+    left.plot(range(len(scored)), [r["best_score"] for r in scored], marker="o", linestyle="none")
+    left.set_xticks(range(len(scored)), [r["overrides"] or r["run"] for r in scored], rotation=30, ha="right",
+                    fontsize=8)
+    left.set_ylabel("best val/score")
+    left.set_title("best score per run")
+    for run, row in zip(runs, rows):
+        history = run["summary"].get("history") or []
+        if history:
+            right.plot([h["step"] for h in history], [h["score"] for h in history], marker="o",
+                       label=row["overrides"] or row["run"])
+    right.set_xlabel("step")
+    right.set_ylabel("val/score")
+    right.set_title("val/score during training")
+    if right.lines:
+        right.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    _write_atomic(path, buffer.getvalue())
+
+
+def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
+    """Write `sweep_summary.{csv,md,png}` into `sweep_dir`; returns their paths."""
+    sweep_dir = Path(sweep_dir)
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"{sweep_dir}: no run directory with a summary.json")
+    rows = summary_rows(runs)
+    paths = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md",
+             "png": sweep_dir / "sweep_summary.png"}
+    _write_atomic(paths["csv"], to_csv(rows).encode())
+    _write_atomic(paths["md"], to_markdown(rows, sweep_dir).encode())
+    plot(runs, rows, paths["png"])
+    return paths
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback: groups a multirun's W&B runs, and writes the sweep report when it ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # W&B reads the group from the environment; jobs inherit it (same process or child processes).
+        os.environ.setdefault("WANDB_RUN_GROUP", f"{config.hydra.job.name}-{Path(config.hydra.sweep.dir).name}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            paths = write_sweep_summary(sweep_dir)
+        except FileNotFoundError as err:
+            log.warning("no sweep summary: %s", err)
+            return
+        log.info("sweep summary: %s", paths["md"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m aldar_lit.training.sweep_summary SWEEP_DIR", file=sys.stderr)
+        return 2
+    paths = write_sweep_summary(args[0])
+    print(paths["md"].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Validation sampling during training: fixed-seed images from the in-memory model, scored for selection.
+
+Every `every_n_steps` optimizer steps, `ValidationSampler` generates one image per (prompt, seed)
+through a `StableDiffusionXLPipeline` assembled from the LightningModule's own parts (nothing is
+reloaded), scores them with `ValidationScorer`, logs `val/clip_t`, `val/clip_i`, optional `val/dino`
+and `val/score`, and saves the images and a grid under `<run dir>/validation/step=XXXXXX/`. A
+`ModelCheckpoint(monitor="val/score")` placed after it in the callback list picks them up at the same
+step. Every rank generates the same images (same seeds); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+from lightning.pytorch.loggers import WandbLogger
+from PIL import Image
+
+from aldar_lit.config import ScorerConfig
+from aldar_lit.quality.clip_scorer import ClipScorer, mean_reference_cosine
+from aldar_lit.quality.dino_scorer import DinoScorer
+
+log = logging.getLogger(__name__)
+
+SCORE_KEY = "val/score"
+
+
+class ValidationScorer:
+    """CLIP-T, CLIP-I and optional DINO of generated images, and their weighted sum `score`.
+
+    `score = sum(weights[k] * metric[k])`; the default weights (conf/scorer/*.yaml) are
+    1 / (2 * DreamBooth's published level) for each term, so a checkpoint at DreamBooth's
+    quality scores about 1.0 and a relative loss in prompt fidelity (CLIP-T, ~0.31) costs as
+    much as the same relative loss in subject fidelity (CLIP-I, ~0.81): CLIP-I alone rewards
+    memorising the training images, CLIP-T alone rewards forgetting the character.
+    """
+
+    def __init__(self, clip: ClipScorer, references: Sequence[Image.Image], weights: dict[str, float],
+                 dino: DinoScorer | None = None):
+        if not references:
+            raise ValueError("validation needs at least one training image as CLIP-I reference")
+        self.clip, self.dino, self.weights = clip, dino, dict(weights)
+        self.clip_references = clip.embed_images(references)
+        self.dino_references = dino.embed_images(references) if dino is not None else None
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
+        clip_embeds = self.clip.embed_images(images)
+        metrics = {
+            "clip_t": float((clip_embeds * self.clip.embed_texts(prompts)).sum(dim=-1).mean()),
+            "clip_i": float(mean_reference_cosine(clip_embeds, self.clip_references).mean()),
+        }
+        if self.dino is not None:
+            metrics["dino"] = float(mean_reference_cosine(self.dino.embed_images(images), self.dino_references).mean())
+        metrics["score"] = sum(weight * metrics[name] for name, weight in self.weights.items())
+        return metrics
+
+
+def build_scorer(cfg: ScorerConfig, references: Sequence[Image.Image], device: torch.device) -> ValidationScorer:
+    clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained, device=device, seed=cfg.seed)
+    dino = None
+    if cfg.dino is not None:
+        dino = DinoScorer(cfg.dino.model_name, cfg.dino.pretrained, device=device, seed=cfg.seed,
+                          image_size=cfg.dino.image_size)
+    return ValidationScorer(clip, references, cfg.weights, dino)
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    seed: int
+    image: Image.Image
+
+
+def assemble_pipeline(pl_module: L.LightningModule) -> StableDiffusionXLPipeline:
+    """An SDXL pipeline over the module's live parts (LoRA included) with an Euler sampler."""
+    pipe = StableDiffusionXLPipeline(
+        vae=pl_module.vae,
+        text_encoder=pl_module.text_encoder,
+        text_encoder_2=pl_module.text_encoder_2,
+        tokenizer=pl_module.tokenizers[0],
+        tokenizer_2=pl_module.tokenizers[1],
+        unet=pl_module.unet,
+        scheduler=EulerDiscreteScheduler.from_config(pl_module.noise_scheduler.config),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def image_grid(samples: Sequence[Sample], columns: int) -> Image.Image:
+    """Samples in rows of `columns` (one row per prompt, one column per seed)."""
+    width, height = samples[0].image.size
+    rows = math.ceil(len(samples) / columns)
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for index, sample in enumerate(samples):
+        grid.paste(sample.image, ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+class ValidationSampler(L.Callback):
+    """Generates, scores, logs and saves validation samples every `every_n_steps` steps.
+
+    `scorer_factory(device)` builds the scorer in `setup`, on the trainer's device, before the
+    SDXL parts are loaded; `history` holds one dict of scores per evaluation and is checkpointed.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        every_n_steps: int,
+        scorer_factory: Callable[[torch.device], Any],
+        output_dir: str | Path,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 5.0,
+        resolution: int = 1024,
+    ):
+        if not prompts:
+            raise ValueError("data.validation_prompts: validation needs at least one prompt")
+        self.prompts, self.seeds = list(prompts), list(seeds)
+        self.every_n_steps = every_n_steps
+        self.scorer_factory = scorer_factory
+        self.output_dir = Path(output_dir)
+        self.num_inference_steps, self.guidance_scale, self.resolution = num_inference_steps, guidance_scale, resolution
+        self.scorer: Any = None
+        self.history: list[dict[str, float]] = []
+        self._table_rows: list[list[Any]] = []
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.scorer is None:
+            self.scorer = self.scorer_factory(trainer.strategy.root_device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or any(entry["step"] == step for entry in self.history):
+            return  # not due, or already evaluated at this step (gradient accumulation)
+        metrics = self.evaluate(trainer, pl_module)
+        for name, value in metrics.items():
+            pl_module.log(f"val/{name}", value, on_step=True, on_epoch=False, batch_size=1)
+        self.history.append({"step": step, **metrics})
+        log.info("step %d: %s", step, ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    # -- work ------------------------------------------------------------------------------
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        samples = self.generate(trainer, pl_module)
+        metrics = self.scorer.score([s.image for s in samples], [s.prompt for s in samples])
+        if trainer.is_global_zero:
+            self.save_and_publish(trainer, samples, metrics, trainer.global_step)
+        return metrics
+
+    @torch.no_grad()
+    def generate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Sample]:
+        """One image per (prompt, seed), with dropout off; train/eval modes restored afterwards."""
+        modes = {module: module.training for module in pl_module.modules()}
+        pl_module.eval()
+        try:
+            pipe = assemble_pipeline(pl_module)
+            samples = []
+            with trainer.precision_plugin.forward_context():
+                for prompt in self.prompts:
+                    images = pipe(
+                        prompt=[prompt] * len(self.seeds),
+                        generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
+                        num_inference_steps=self.num_inference_steps,
+                        guidance_scale=self.guidance_scale,
+                        height=self.resolution,
+                        width=self.resolution,
+                        output_type="pil",
+                    ).images
+                    samples += [Sample(prompt, seed, image) for seed, image in zip(self.seeds, images)]
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return samples
+
+    def save_and_publish(self, trainer: L.Trainer, samples: list[Sample], metrics: dict[str, float],
+                         step: int) -> None:
+        step_dir = self.output_dir / "validation" / f"step={step:06d}"
+        step_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, sample in enumerate(samples):
+            path = step_dir / f"p{index // len(self.seeds):02d}_seed{sample.seed}.png"
+            save_png_atomic(sample.image, path)
+            paths.append(path)
+        save_png_atomic(image_grid(samples, columns=len(self.seeds)), step_dir / "grid.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self.log_to_wandb(logger, samples, paths, metrics, step)
+
+    def log_to_wandb(self, logger: WandbLogger, samples: list[Sample], paths: list[Path],
+                     metrics: dict[str, float], step: int) -> None:
+        """The step's images with prompt/seed captions, and a table across all evaluations so far."""
+        import wandb
+
+        logger.log_image("val/samples", [str(p) for p in paths], step=step,
+                         caption=[f"{s.prompt} | seed {s.seed} | step {step}" for s in samples])
+        self._table_rows += [[step, s.prompt, s.seed, str(p), *(metrics[k] for k in sorted(metrics))]
+                             for s, p in zip(samples, paths)]
+        rows = [[*row[:3], wandb.Image(row[3]), *row[4:]] for row in self._table_rows]
+        logger.log_table("val/table", columns=["step", "prompt", "seed", "image", *sorted(metrics)], data=rows,
+                         step=step)

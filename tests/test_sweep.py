@@ -1,0 +1,100 @@
+"""Hydra sweeps: the report written after a multirun, and a real 2-run multirun of train.py (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from aldar_lit.training.sweep_summary import main, write_sweep_summary
+from conftest import REPO_ROOT
+
+
+def fake_run(sweep_dir: Path, job: str, overrides: list[str], summary: dict) -> None:
+    run_dir = sweep_dir / job
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def summary(rank: int, best: float | None, step: int | None) -> dict:
+    data = {"global_step": 20, "train_seconds": 1.5 * rank, "peak_memory_bytes": 1000 * rank,
+            "adapter_bytes": {"diffusers": 10 * rank, "kohya": 11 * rank}, "trainable_params": 7 * rank,
+            "lora": {"rank": rank, "alpha": rank}}
+    if best is not None:
+        data.update(best_score=best, best_step=step, history=[{"step": step, "score": best}])
+    return data
+
+
+def test_report_has_one_row_per_run_in_job_order(tmp_path):
+    common = ["experiment=rank_sweep", "model=tiny"]
+    for job, rank, best in (("10", 64, 0.71), ("2", 8, 0.65), ("0", 16, 0.8)):
+        fake_run(tmp_path, job, [*common, f"lora.rank={rank}"], summary(rank, best, rank * 10))
+    (tmp_path / "3").mkdir()  # a job that crashed before writing its summary
+    paths = write_sweep_summary(tmp_path)
+
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["run"] for r in rows] == ["0", "2", "10"]
+    assert [r["overrides"] for r in rows] == ["lora.rank=16", "lora.rank=8", "lora.rank=64"]
+    assert rows[1] == {"run": "2", "overrides": "lora.rank=8", "best_score": "0.65", "best_step": "80",
+                       "global_step": "20", "train_seconds": "12.0", "peak_memory_bytes": "8000",
+                       "adapter_bytes": "80", "trainable_params": "56", "lora_rank": "8"}
+    markdown = paths["md"].read_text()
+    assert "Best run: `0` (lora.rank=16), val/score 0.8000 at step 160." in markdown
+    assert "| 10 | lora.rank=64 | 0.7100 | 640 | 20 | 96.0000 | 64000 | 640 | 448 | 64 |" in markdown
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_validation_scores_and_cli(tmp_path, capsys):
+    fake_run(tmp_path, "0", ["optim.unet_lr=1e-4"], summary(4, None, None))
+    fake_run(tmp_path, "1", ["optim.unet_lr=5e-4"], summary(4, None, None))
+    assert main([str(tmp_path)]) == 0
+    assert "| 1 | optim.unet_lr=5e-4 |  |  | 20 |" in capsys.readouterr().out
+    assert main([]) == 2
+
+
+def test_empty_sweep_dir_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        write_sweep_summary(tmp_path)
+
+
+@pytest.mark.slow
+def test_rank_multirun_on_the_tiny_model(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=rank_sweep", "model=tiny", "data=demo", "trainer=cpu",
+         "scorer=tiny", "logger=csv", "data.resolution=32", "data.num_workers=0", "data.demo.num_images=8",
+         "data.demo.size=64", "trainer.max_steps=4", "validation.every_n_steps=2", "validation.num_inference_steps=2",
+         "validation.seeds=[0]", "lora.rank=2,4", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((sweep_dir / "sweep_summary.csv").open()))
+    assert [(r["run"], r["overrides"], r["lora_rank"]) for r in rows] == [("0", "lora.rank=2", "2"),
+                                                                          ("1", "lora.rank=4", "4")]
+    for row in rows:
+        run_dir = sweep_dir / row["run"]
+        run_summary = json.loads((run_dir / "summary.json").read_text())
+        rank = int(row["lora_rank"])
+        adapter = load_file(run_dir / "lora" / "pytorch_lora_weights.safetensors")
+        downs = [t for k, t in adapter.items() if ".down." in k]  # (rank, in_features)
+        assert downs and all(t.shape[0] == rank for t in downs)
+        assert run_summary["lora"]["rank"] == rank and run_summary["lora"]["alpha"] == rank  # alpha follows rank
+        history = run_summary["history"]
+        assert [h["step"] for h in history] == [2, 4]
+        best = max(history, key=lambda h: h["score"])
+        assert run_summary["best_step"] == best["step"] and run_summary["best_score"] == pytest.approx(best["score"])
+        assert Path(run_summary["best_checkpoint"]).is_file()
+        assert float(row["best_score"]) == pytest.approx(run_summary["best_score"])
+        assert int(row["best_step"]) == run_summary["best_step"]
+        assert int(row["trainable_params"]) == run_summary["trainable_params"]
+        assert int(row["adapter_bytes"]) == (run_dir / "lora" / "pytorch_lora_weights.safetensors").stat().st_size
+        assert (run_dir / "validation" / f"step={best['step']:06d}" / "grid.png").is_file()
+    assert int(rows[1]["trainable_params"]) == 2 * int(rows[0]["trainable_params"])
+    assert (sweep_dir / "sweep_summary.md").is_file() and (sweep_dir / "sweep_summary.png").is_file()
