@@ -52,7 +52,8 @@ def test_missing_data_root_names_the_key() -> None:
      ("optim.unet_lr=-1", "optim.unet_lr"), ("data.resolution=100", "data.resolution"),
      ("data.batch_size=0", "data.batch_size"), ("objective.prediction_type=sample", "objective.prediction_type"),
      ("objective.min_snr_gamma=0", "objective.min_snr_gamma"), ("lora.unet_targets=[]", "lora.unet_targets"),
-     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps")],
+     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps"), ("lora.rank=-1", "lora.rank"),
+     ("data.crop=diagonal", "data.crop"), ("model.dtype=float8", "model.dtype")],
 )
 def test_bad_values_name_their_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: "):

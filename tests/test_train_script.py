@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
 
-FAST = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.demo.num_images=8", "data.demo.size=64",
-        "data.resolution=32", "lora.rank=2", "lora.alpha=4"]
+TINY = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.resolution=32", "lora.rank=2", "lora.alpha=4"]
+SMALL_DEMO = ["data.demo.num_images=8", "data.demo.size=64"]
 
 
-def train(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def train(run_dir: Path, *overrides: str, check: bool = True, demo: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *FAST, *overrides],
+        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *TINY, *(SMALL_DEMO if demo else []), *overrides],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     if check:
@@ -71,12 +71,9 @@ def test_resume_continues_the_step_count_and_reproduces_the_run(full_run: Path, 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lora.rank=-1", "lora.rank: must be a positive integer"),
         ("lora.rnak=8", "Key 'rnak' not in 'LoraConfig'"),
         ("optim.optimizer._target_=torch.optim.AdamX", "optim.optimizer._target_: cannot import 'torch.optim.AdamX'"),
-        ("data.crop=diagonal", "data.crop: must be one of"),
-        ("model.dtype=float8", "model.dtype: must be one of"),
-    ],
+    ],  # every other bad value is checked in-process in test_config.py
 )
 def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, override: str, message: str) -> None:
     result = train(tmp_path / "run", override, check=False)
@@ -86,6 +83,6 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path, override: str,
 
 
 def test_missing_data_dir_is_named(tmp_path: Path) -> None:
-    result = train(tmp_path / "run", "data=folder", f"data.root={tmp_path / 'nowhere'}", check=False)
+    result = train(tmp_path / "run", "data=folder", f"data.root={tmp_path / 'nowhere'}", check=False, demo=False)
     assert result.returncode != 0
     assert f"data.root: directory {tmp_path / 'nowhere'} does not exist" in result.stderr

@@ -108,6 +108,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
+        _require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
         _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
                  f"must be a positive multiple of 8, got {self.resolution}")
         _require(8 <= self.bucket_multiple <= self.resolution and self.bucket_multiple % 8 == 0, "data.bucket_multiple",
@@ -123,7 +124,6 @@ class DataConfig:
             _require(self.crop == "center" and not self.random_flip, "data.cache_latents",
                      "needs data.crop=center and data.random_flip=false (a cached latent fixes the crop); "
                      "set data.cache_latents=false to train with random crops or flips")
-        _require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
         _require(self.batch_size > 0, "data.batch_size", f"must be a positive integer, got {self.batch_size}")
         _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _require(bool(self.trigger.strip()), "data.trigger", "must not be empty")
