@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from aldar_lit.config import ConfigError
 from aldar_lit.pipelines.config import to_infer_config
 from aldar_lit.pipelines.generator import AdapterError
-from aldar_lit.pipelines.storyboard import make_storyboard
+from aldar_lit.pipelines.storyboard import load_models, make_storyboard, render_storyboard
 from aldar_lit.pipelines.story import StoryError
 
 from fixtures_storyboard import REPO_ROOT, TINY_GENERATION, compose_infer, tiny_lora_dir, write_story  # noqa: F401
@@ -64,6 +64,20 @@ def test_ip_adapter_and_controlnet_change_frames_2_to_n(ref_guided_runs):
     _, _, no_control = ref_guided_runs["controlnet_scale_0"]
     assert np.abs(configured[1] - no_ip[1]).max() > 2, "the IP-Adapter does not change frame 2"
     assert np.abs(configured[1] - no_control[1]).max() > 2, "the ControlNet does not change frame 2"
+
+
+def test_models_are_reused_across_ref_guided_storyboards(ref_guided_runs, tiny_lora_dir, two_scene_story,
+                                                        tmp_path):
+    """Loaded once, the IP-Adapter must not break the next storyboard's unguided frame 1, nor change frames."""
+    config = to_infer_config(compose_infer(["model=tiny", "adapters=tiny", "qa=off", "mode=ref_guided",
+                                            f"lora.path={tiny_lora_dir}", f"story.file={two_scene_story}",
+                                            f"paths.output_dir={tmp_path}", *TINY_GENERATION]))
+    models = load_models(config)
+    for attempt in ("first", "second"):
+        manifest = render_storyboard(config, tmp_path / attempt, models)
+        frames = [np.asarray(Image.open(tmp_path / attempt / f["file"]), dtype=np.int16) for f in manifest["frames"]]
+        for frame, expected in zip(frames, ref_guided_runs["configured"][2], strict=True):
+            np.testing.assert_array_equal(frame, expected)
 
 
 def test_fresh_runs_reproduce_frame_1(ref_guided_runs):

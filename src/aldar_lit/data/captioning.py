@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import openai
 from PIL import Image
 
+from aldar_lit.atomic_write import write_text
 from aldar_lit.config import ConfigError
 from aldar_lit.data.dataset import with_trigger
 from aldar_lit.data.images import DataError, list_image_files, load_rgb
@@ -35,14 +35,6 @@ log = logging.getLogger(__name__)
 
 API_KEY_ENV = "OPENAI_API_KEY"
 CACHE_FORMAT = 1
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def image_tokens(width: int, height: int, detail: str) -> int:
@@ -150,7 +142,7 @@ class CaptionCache:
             return None
 
     def put(self, key: str, caption: str, model: str) -> None:
-        write_text_atomic(self.path(key), json.dumps({"caption": caption, "model": model}))
+        write_text(self.path(key), json.dumps({"caption": caption, "model": model}))
 
 
 def job_key(image_bytes: bytes, cfg: CaptionConfig, prompt: str) -> str:
@@ -193,7 +185,7 @@ def caption_folder(cfg: CaptionConfig, api_key: str | None) -> CaptionReport:
         cached = cache.get(job.key)
         if cached is not None:
             if not cfg.dry_run:
-                write_text_atomic(job.sidecar, cached + "\n")
+                write_text(job.sidecar, cached + "\n")
             report.from_cache.append(name)
         else:
             pending.append(job)
@@ -220,7 +212,7 @@ def caption_folder(cfg: CaptionConfig, api_key: str | None) -> CaptionReport:
                     log.warning("%s: caption failed (%s)", name, error)
                     continue
                 cache.put(job.key, caption, cfg.vision_model)
-                write_text_atomic(job.sidecar, caption + "\n")
+                write_text(job.sidecar, caption + "\n")
                 report.captioned.append(name)
         report.api_requests = captioner.requests
         report.prompt_tokens, report.completion_tokens = captioner.prompt_tokens, captioner.completion_tokens
@@ -230,7 +222,7 @@ def caption_folder(cfg: CaptionConfig, api_key: str | None) -> CaptionReport:
 
 
 def write_report(report: CaptionReport, path: Path) -> None:
-    write_text_atomic(path, json.dumps(report.as_dict(), indent=2) + "\n")
+    write_text(path, json.dumps(report.as_dict(), indent=2) + "\n")
 
 
 def run_captioning(cfg: Any) -> CaptionReport:

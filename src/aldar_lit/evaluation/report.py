@@ -12,18 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from aldar_lit.atomic_write import write_bytes, write_png
 from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric
-from aldar_lit.pipelines.outputs import _write_bytes_atomic, contact_sheet, png_bytes
+from aldar_lit.pipelines.outputs import contact_sheet
 
 RESULT_COLUMNS = ("mode", "story", "seed", "frame", "prompt", "metric", "value")
 SUMMARY_COLUMNS = ("mode", "metric", "n", "n_total", "mean", "ci_low", "ci_high")
 SMALL_SAMPLE = 10  # pairs below which the percentile bootstrap under-covers noticeably
 COMPARISON_COLUMNS = ("metric", "treatment", "control", "n_pairs", "n_units", "mean_diff", "ci_low", "ci_high",
                       "significant")
-
-
-def write_text(path: Path, text: str) -> None:
-    _write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -103,7 +100,7 @@ def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     _pyplot().close(fig)
-    _write_bytes_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def plot_metric_bars(summary: list[dict[str, Any]], path: Path) -> None:
@@ -156,7 +153,7 @@ def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path
 
 
 def write_sample_grid(path: Path, images: Sequence, captions: Sequence[str]) -> None:
-    _write_bytes_atomic(path, png_bytes(contact_sheet(images, captions, columns=4, thumb=192)))
+    write_png(path, contact_sheet(images, captions, columns=4, thumb=192))
 
 
 def plot_sweep(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:

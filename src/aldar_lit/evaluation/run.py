@@ -14,13 +14,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from aldar_lit.atomic_write import write_json
 from aldar_lit.evaluation import report
 from aldar_lit.evaluation.config import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
 from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
                                           load_reference_images, measure, summarise)
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
-from aldar_lit.training.run import write_json_atomic
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def evaluate(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     runs = collect_storyboards(cfg, out_dir, cfg.lora.path, cfg.modes)
     scorers = build_scorers(cfg, str(resolve_device(cfg.generation.device)))
     result = write_report(cfg, out_dir, runs, measure(runs, scorers, references), scorers, cfg.modes)
-    write_json_atomic(out_dir / "evaluation.json", {"summary": result["summary"],
+    write_json(out_dir / "evaluation.json", {"summary": result["summary"],
                                                    "comparisons": result["comparisons"]})
     return result
 

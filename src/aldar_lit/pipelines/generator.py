@@ -3,15 +3,18 @@ ControlNet, each loaded once per run through diffusers' own loaders."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from PIL import Image
 from safetensors import safe_open
 
@@ -93,6 +96,26 @@ def _first_line(err: Exception) -> str:
     return next((line for line in lines if "size mismatch" in line), lines[0])[:400]
 
 
+@contextlib.contextmanager
+def ip_adapter_bypassed(unet: torch.nn.Module) -> Iterator[None]:
+    """Run `unet` as if no IP-Adapter were loaded, keeping its weights for the next guided frame.
+
+    `load_ip_adapter` rewires the UNet shared by the base and the guided pipeline (an image
+    projection plus IP attention processors); unguided calls (frame 1 of the next storyboard)
+    would then demand image embeddings.
+    """
+    processors = unet.attn_processors
+    projection, kind = unet.encoder_hid_proj, unet.config.encoder_hid_dim_type
+    unet.set_attn_processor({name: AttnProcessor2_0() if isinstance(p, IPAdapterAttnProcessor2_0) else p
+                             for name, p in processors.items()})
+    unet.encoder_hid_proj, unet.config.encoder_hid_dim_type = None, None
+    try:
+        yield
+    finally:  # the projection first: its own attention layers are among `processors`
+        unet.encoder_hid_proj, unet.config.encoder_hid_dim_type = projection, kind
+        unet.set_attn_processor(dict(processors))
+
+
 @dataclass
 class RefGuidance:
     """What conditions a ref_guided frame beyond its prompt."""
@@ -160,7 +183,9 @@ class StoryboardGenerator:
                       cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None)
         with torch.inference_mode():
             if guidance is None:
-                return self.base(**common).images[0]
+                bypass = ip_adapter_bypassed(self.base.unet) if self.guided is not None else contextlib.nullcontext()
+                with bypass:
+                    return self.base(**common).images[0]
             self.enable_reference_guidance()
             return self.guided(**common, image=guidance.pose, ip_adapter_image=guidance.reference,
                                controlnet_conditioning_scale=self.adapters.controlnet.conditioning_scale).images[0]

@@ -5,38 +5,19 @@ from __future__ import annotations
 
 import base64
 import html
-import io
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
-def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
-    info = PngInfo()
-    for key, value in (text or {}).items():
-        info.add_text(key, value)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
+from aldar_lit.atomic_write import png_bytes, write_png, write_text
 
 
 def write_frame(path: Path, image: Image.Image, metadata: dict[str, Any]) -> None:
     """A frame PNG with `prompt`, `seed`, `guidance_scale`, ... as text chunks (read back via `Image.text`)."""
-    _write_bytes_atomic(path, png_bytes(image, {k: str(v) for k, v in metadata.items()}))
+    write_png(path, image, {k: str(v) for k, v in metadata.items()})
 
 
 def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 3,
@@ -59,7 +40,7 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], column
 
 
 def write_contact_sheet(path: Path, images: Sequence[Image.Image], captions: Sequence[str]) -> None:
-    _write_bytes_atomic(path, png_bytes(contact_sheet(images, captions)))
+    write_png(path, contact_sheet(images, captions))
 
 
 def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> str:
@@ -89,4 +70,4 @@ def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequen
 
 
 def write_html(path: Path, title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> None:
-    _write_bytes_atomic(path, storyboard_html(title, frames, images).encode("utf-8"))
+    write_text(path, storyboard_html(title, frames, images))

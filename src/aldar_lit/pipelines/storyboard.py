@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
+from aldar_lit.atomic_write import write_json
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.pipelines.config import InferConfig, to_infer_config
 from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, base_unet_config, check_adapters_fit,
@@ -28,7 +30,6 @@ from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face
 from aldar_lit.quality.frame_qa import FrameQA, QAReport
 from aldar_lit.quality.policy import Settings, next_attempt
-from aldar_lit.training.run import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class StoryboardRecord:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.out_dir / "manifest.json", self.manifest)
+        write_json(self.out_dir / "manifest.json", self.manifest)
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
         self.manifest["status"] = status
@@ -214,32 +215,56 @@ class Storyboard:
         self.record.add_frame(frame, images[chosen], png_text)
 
 
-def make_storyboard(config: InferConfig, out_dir: Path) -> float:
-    """Generate and write the storyboard; return the fraction of frames that passed QA (NaN without QA)."""
+@dataclass
+class StoryboardModels:
+    """Everything a storyboard loads: reusable across storyboards of the same base model and LoRA."""
+
+    generator: StoryboardGenerator
+    qa: Optional[FrameQA]
+    face_detector: Optional[FaceDetector]
+
+
+def load_models(config: InferConfig) -> StoryboardModels:
+    face_detector = build_face_detector(config.qa.detectors)
+    generator = StoryboardGenerator(config.model, config.lora, config.adapters, config.generation.device,
+                                    progress=False)
+    device = resolve_device(config.generation.device)
+    qa = FrameQA(config.qa, device, face_detector) if config.qa.enabled else None
+    return StoryboardModels(generator, qa, face_detector)
+
+
+def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[StoryboardModels] = None) -> dict[str, Any]:
+    """Generate and write one storyboard (loading the models unless given); return its manifest."""
     t_start = time.perf_counter()
     scenes = load_story(config.story)
     plans = plan_frames(config, scenes)
     preflight(config)
     record = StoryboardRecord(out_dir, config, len(plans))
     try:
-        device = resolve_device(config.generation.device)
-        generator = StoryboardGenerator(config.model, config.lora, config.adapters, config.generation.device,
-                                        progress=False)
-        face_detector = build_face_detector(config.qa.detectors)
-        qa = FrameQA(config.qa, device, face_detector) if config.qa.enabled else None
-        storyboard = Storyboard(config, generator, qa, face_detector, record)
+        models = models or load_models(config)
+        record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        storyboard = Storyboard(config, models.generator, models.qa, models.face_detector, record)
         if config.mode == "ref_guided" and config.adapters.reference_image is not None:
             storyboard.set_reference(load_rgb(Path(config.adapters.reference_image).expanduser()),
                                      f"adapters.reference_image {config.adapters.reference_image!r}")
-        record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
         for plan in tqdm(plans, desc="frames", disable=not config.progress):
             storyboard.make_frame(plan)
     except BaseException as err:
         record.finish("failed", f"{type(err).__name__}: {err}")
         raise
-    record.manifest["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    timings = record.manifest["timings"]
+    timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    timings["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     record.finish("complete")
-    passed = [f["passed"] for f in record.manifest["frames"] if f["passed"] is not None]
+    return record.manifest
+
+
+def make_storyboard(config: InferConfig, out_dir: Path) -> float:
+    """Generate and write the storyboard; return the fraction of frames that passed QA (NaN without QA)."""
+    manifest = render_storyboard(config, out_dir)
+    passed = [f["passed"] for f in manifest["frames"] if f["passed"] is not None]
     return sum(passed) / len(passed) if passed else float("nan")
 
 

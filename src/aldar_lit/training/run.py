@@ -6,11 +6,8 @@ keeps the top-k by it, and the best checkpoint (not the last step) is what lands
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import resource
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from aldar_lit.atomic_write import write_json
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
@@ -160,13 +158,6 @@ def peak_memory() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2)
-    os.replace(tmp.name, path)
-
-
 def run(cfg: DictConfig) -> float:
     """Train, export `lora/`, write `summary.json`; return `optimized_metric` for Hydra sweepers."""
     config = to_train_config(cfg)
@@ -189,7 +180,7 @@ def run(cfg: DictConfig) -> float:
 
     adapter_files, selected = export_selected(module, config, selection, output_dir)
     summary = {**make_summary(config, module, trainer, train_seconds, adapter_files), **selected}
-    write_json_atomic(output_dir / "summary.json", summary)
+    write_json(output_dir / "summary.json", summary)
     log.info("LoRA written to %s", output_dir / "lora")
     log_adapter_artifact(trainer, output_dir / "lora", summary)
     if config.optimized_metric == SCORE_KEY:

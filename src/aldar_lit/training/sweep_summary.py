@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from aldar_lit.atomic_write import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,6 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "lora_rank": summary.get("lora", {}).get("rank"),
         })
     return rows
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def _cell(value: Any) -> str:
@@ -130,7 +125,7 @@ def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
@@ -142,8 +137,8 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
     rows = summary_rows(runs)
     paths = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md",
              "png": sweep_dir / "sweep_summary.png"}
-    _write_atomic(paths["csv"], to_csv(rows).encode())
-    _write_atomic(paths["md"], to_markdown(rows, sweep_dir).encode())
+    write_text(paths["csv"], to_csv(rows))
+    write_text(paths["md"], to_markdown(rows, sweep_dir))
     plot(runs, rows, paths["png"])
     return paths
 

@@ -23,6 +23,7 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
+from aldar_lit.atomic_write import write_png
 from aldar_lit.config import ScorerConfig
 from aldar_lit.quality.clip_scorer import ClipScorer, mean_reference_cosine
 from aldar_lit.quality.dino_scorer import DinoScorer
@@ -101,12 +102,6 @@ def image_grid(samples: Sequence[Sample], columns: int) -> Image.Image:
     for index, sample in enumerate(samples):
         grid.paste(sample.image, ((index % columns) * width, (index // columns) * height))
     return grid
-
-
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(path)
 
 
 class ValidationSampler(L.Callback):
@@ -200,9 +195,9 @@ class ValidationSampler(L.Callback):
         paths = []
         for index, sample in enumerate(samples):
             path = step_dir / f"p{index // len(self.seeds):02d}_seed{sample.seed}.png"
-            save_png_atomic(sample.image, path)
+            write_png(path, sample.image)
             paths.append(path)
-        save_png_atomic(image_grid(samples, columns=len(self.seeds)), step_dir / "grid.png")
+        write_png(step_dir / "grid.png", image_grid(samples, columns=len(self.seeds)))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_to_wandb(logger, samples, paths, metrics, step)
