@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from aldar_lit.atomic_write import write_json
+from aldar_lit.atomic_write import write_json, write_text
 from aldar_lit.evaluation import report
 from aldar_lit.evaluation.config import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
@@ -32,9 +32,9 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
     st = cfg.stats
     summary = summarise(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
     comparisons = compare(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
-    report.write_text(out_dir / "results.csv", report.to_csv(measurements.rows, report.RESULT_COLUMNS))
-    report.write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
-    report.write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
+    write_text(out_dir / "results.csv", report.to_csv(measurements.rows, report.RESULT_COLUMNS))
+    write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
+    write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
     notes = [f"identity backend `{name}` did not run: {why}" for name, why in scorers.unavailable.items()]
     if cfg.reference_images is None:
         notes.append("no reference_images: CLIP-I, DINO and id_to_train were not computed")
@@ -47,7 +47,7 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
              "LoRA": cfg.lora.path, "generation": f"{cfg.generation.width}x{cfg.generation.height}, "
              f"{cfg.generation.steps} steps, CFG {cfg.generation.guidance_scale}",
              "reference images": cfg.reference_images}
-    report.write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons,
+    write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons,
                                                                     scorers.versions(cfg), notes, st.confidence))
     plots = [out_dir / "metric_bars.png"]
     report.plot_metric_bars(summary, plots[0])
@@ -115,12 +115,12 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             row[entry["metric"]] = entry["mean"]
             row[f"{entry['metric']}_ci"] = f"[{report.fmt(entry['ci_low'])}, {report.fmt(entry['ci_high'])}]"
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    report.write_text(out_dir / "sweep_eval.csv", report.to_csv(rows, columns))
+    write_text(out_dir / "sweep_eval.csv", report.to_csv(rows, columns))
     shown = [c for c in ("run", "overrides", "lora_rank", "global_step", "best_step", "train_seconds",
                          "peak_memory_bytes", "adapter_bytes", *SWEEP_METRICS) if c in columns]
     shown += [c for c in columns if c.startswith(("id_to_train/", "face_detected/"))]
     table = report.markdown_table(shown, [[report.fmt(r.get(c)) for c in shown] for r in rows])
-    report.write_text(out_dir / "sweep_eval.md",
+    write_text(out_dir / "sweep_eval.md",
                       "\n".join([f"# Sweep evaluation: {sweep_dir}", "",
                                  f"Every run's LoRA in mode simple on the suite ({len(cfg.suite.seeds)} seeds); "
                                  "scores are means over the suite's frames (CIs in sweep_eval.csv).", ""] + table) + "\n")
