@@ -19,7 +19,8 @@ from PIL import Image
 
 from aldar_lit.config import ConfigError
 from aldar_lit.data.captioning import caption_folder, image_tokens
-from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs, to_config
+from aldar_lit.config import to_schema
+from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-8f3a9c"
@@ -115,7 +116,7 @@ def config(images: Path, base_url: str, **overrides) -> CaptionConfig:
         cfg = compose("caption", overrides=[f"input_dir={images}", f"base_url={base_url}",
                                             f"cache_dir={images.parent / 'cache'}", "max_retries=2",
                                             *(f"{k}={v}" for k, v in overrides.items())])
-    return to_config(cfg, CaptionConfig)
+    return to_schema(cfg, CaptionConfig, "caption_schema")
 
 
 def test_captions_are_written_beside_each_image_from_its_own_pixels(images, serve) -> None:

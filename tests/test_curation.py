@@ -16,7 +16,8 @@ from aldar_lit.config import ConfigError
 from aldar_lit.data.curation import balance_category, curate, greyscale, hamming, perceptual_hash
 from aldar_lit.data.dataset import scan_folder
 from aldar_lit.data.demo_character import generate_demo_dataset
-from aldar_lit.data.prep_config import CurateConfig, register_prep_configs, to_config
+from aldar_lit.config import to_schema
+from aldar_lit.data.prep_config import CurateConfig, register_prep_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def config(raw: Path, out: Path, **overrides) -> CurateConfig:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("curate", overrides=[f"input_dir={raw}", f"output_dir={out}", "min_side=128",
                                            *(f"{k}={v}" for k, v in overrides.items())])
-    return to_config(cfg, CurateConfig)
+    return to_schema(cfg, CurateConfig, "curate_schema")
 
 
 def test_every_dropped_file_has_its_reason(raw, tmp_path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -43,3 +46,29 @@ def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
 
 def write_png(path: str | os.PathLike, image: Image.Image, text: dict[str, str] | None = None) -> None:
     write_bytes(path, png_bytes(image, text))
+
+
+COMPLETE_MARKER = ".complete"
+
+
+def build_dir_once(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Build the directory `target` with `write(tmp_dir)` unless it is already complete.
+
+    A file lock serialises concurrent callers (Hydra multirun jobs, DDP ranks) and the directory is
+    built in a temporary sibling and renamed into place, so it is built once and never seen half-made.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            write(tmp)
+            (tmp / COMPLETE_MARKER).touch()
+            if target.exists():  # a leftover without the marker
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

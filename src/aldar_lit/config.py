@@ -7,7 +7,7 @@ wrong type fails at composition; `__post_init__` checks the values and names the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +16,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random")
+Schema = TypeVar("Schema")
 BAD_FILE_POLICIES = ("skip", "error")
 
 
@@ -23,7 +24,7 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names its key."""
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {message}")
 
@@ -45,9 +46,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        _require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
-        _require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        _require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
+        require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
+        require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+        require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:
             from aldar_lit.models.random_init import spec_dir
 
@@ -67,13 +68,13 @@ class LoraConfig:
     train_text_encoders: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
-        _require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
-        _require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
-        _require(self.init in LORA_INITS, "lora.init", f"must be one of {LORA_INITS}, got {self.init!r}")
-        _require(len(self.unet_targets) > 0, "lora.unet_targets", "must name at least one module")
+        require(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
+        require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.init in LORA_INITS, "lora.init", f"must be one of {LORA_INITS}, got {self.init!r}")
+        require(len(self.unet_targets) > 0, "lora.unet_targets", "must name at least one module")
         if self.train_text_encoders:
-            _require(len(self.text_encoder_targets) > 0, "lora.text_encoder_targets", "must name at least one module")
+            require(len(self.text_encoder_targets) > 0, "lora.text_encoder_targets", "must name at least one module")
 
 
 @dataclass
@@ -108,25 +109,25 @@ class DataConfig:
     cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
-        _require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
+        require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
+        require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
                  f"must be a positive multiple of 8, got {self.resolution}")
-        _require(8 <= self.bucket_multiple <= self.resolution and self.bucket_multiple % 8 == 0, "data.bucket_multiple",
+        require(8 <= self.bucket_multiple <= self.resolution and self.bucket_multiple % 8 == 0, "data.bucket_multiple",
                  f"must be a multiple of 8 no larger than data.resolution, got {self.bucket_multiple}")
-        _require(self.on_bad_file in BAD_FILE_POLICIES, "data.on_bad_file",
+        require(self.on_bad_file in BAD_FILE_POLICIES, "data.on_bad_file",
                  f"must be one of {BAD_FILE_POLICIES}, got {self.on_bad_file!r}")
-        _require(self.min_image_side >= 1, "data.min_image_side", f"must be >= 1, got {self.min_image_side}")
-        _require(self.max_image_pixels >= self.min_image_side**2, "data.max_image_pixels",
+        require(self.min_image_side >= 1, "data.min_image_side", f"must be >= 1, got {self.min_image_side}")
+        require(self.max_image_pixels >= self.min_image_side**2, "data.max_image_pixels",
                  f"must be at least data.min_image_side squared, got {self.max_image_pixels}")
         if self.cache_latents or self.cache_text_embeddings:
-            _require(bool(self.cache_dir), "data.cache_dir", "must be set when a data cache is on")
+            require(bool(self.cache_dir), "data.cache_dir", "must be set when a data cache is on")
         if self.cache_latents:
-            _require(self.crop == "center" and not self.random_flip, "data.cache_latents",
+            require(self.crop == "center" and not self.random_flip, "data.cache_latents",
                      "needs data.crop=center and data.random_flip=false (a cached latent fixes the crop); "
                      "set data.cache_latents=false to train with random crops or flips")
-        _require(self.batch_size > 0, "data.batch_size", f"must be a positive integer, got {self.batch_size}")
-        _require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
-        _require(bool(self.trigger.strip()), "data.trigger", "must not be empty")
+        require(self.batch_size > 0, "data.batch_size", f"must be a positive integer, got {self.batch_size}")
+        require(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        require(bool(self.trigger.strip()), "data.trigger", "must not be empty")
 
 
 @dataclass
@@ -141,10 +142,10 @@ class OptimConfig:
     text_encoder_lr: float = 5e-5
 
     def __post_init__(self) -> None:
-        _require(self.unet_lr > 0, "optim.unet_lr", f"must be positive, got {self.unet_lr}")
-        _require(self.text_encoder_lr > 0, "optim.text_encoder_lr", f"must be positive, got {self.text_encoder_lr}")
+        require(self.unet_lr > 0, "optim.unet_lr", f"must be positive, got {self.unet_lr}")
+        require(self.text_encoder_lr > 0, "optim.text_encoder_lr", f"must be positive, got {self.text_encoder_lr}")
         for key, node in (("optim.optimizer", self.optimizer), ("optim.scheduler", self.scheduler)):
-            _require(isinstance(node, dict) and "_target_" in node, key, "must be a mapping with a `_target_`")
+            require(isinstance(node, dict) and "_target_" in node, key, "must be a mapping with a `_target_`")
 
 
 @dataclass
@@ -157,11 +158,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.prediction_type is not None:
-            _require(self.prediction_type in PREDICTION_TYPES, "objective.prediction_type",
+            require(self.prediction_type in PREDICTION_TYPES, "objective.prediction_type",
                      f"must be one of {PREDICTION_TYPES} or null, got {self.prediction_type!r}")
-        _require(self.noise_offset >= 0, "objective.noise_offset", f"must be >= 0, got {self.noise_offset}")
+        require(self.noise_offset >= 0, "objective.noise_offset", f"must be >= 0, got {self.noise_offset}")
         if self.min_snr_gamma is not None:
-            _require(self.min_snr_gamma > 0, "objective.min_snr_gamma", f"must be positive, got {self.min_snr_gamma}")
+            require(self.min_snr_gamma > 0, "objective.min_snr_gamma", f"must be positive, got {self.min_snr_gamma}")
 
 
 @dataclass
@@ -174,9 +175,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.every_n_train_steps is not None:
-            _require(self.every_n_train_steps > 0, "checkpoint.every_n_train_steps",
+            require(self.every_n_train_steps > 0, "checkpoint.every_n_train_steps",
                      f"must be a positive integer, got {self.every_n_train_steps}")
-        _require(all(step > 0 for step in self.at_steps), "checkpoint.at_steps",
+        require(all(step > 0 for step in self.at_steps), "checkpoint.at_steps",
                  f"must hold positive step numbers, got {list(self.at_steps)}")
 
 
@@ -204,9 +205,9 @@ class ScorerConfig:
 
     def __post_init__(self) -> None:
         for name in self.weights:
-            _require(name in SCORE_TERMS, f"scorer.weights.{name}", f"must be one of {SCORE_TERMS}")
-        _require(any(w != 0 for w in self.weights.values()), "scorer.weights", "must weigh at least one term")
-        _require("dino" not in self.weights or self.dino is not None, "scorer.weights.dino",
+            require(name in SCORE_TERMS, f"scorer.weights.{name}", f"must be one of {SCORE_TERMS}")
+        require(any(w != 0 for w in self.weights.values()), "scorer.weights", "must weigh at least one term")
+        require("dino" not in self.weights or self.dino is not None, "scorer.weights.dino",
                  "needs scorer.dino to be configured")
 
 
@@ -224,16 +225,16 @@ class ValidationConfig:
     max_reference_images: int = 32  # training images used as CLIP-I/DINO references
 
     def __post_init__(self) -> None:
-        _require(self.every_n_steps > 0, "validation.every_n_steps", f"must be positive, got {self.every_n_steps}")
-        _require(len(self.seeds) > 0, "validation.seeds", "must hold at least one seed")
-        _require(self.num_inference_steps > 0, "validation.num_inference_steps",
+        require(self.every_n_steps > 0, "validation.every_n_steps", f"must be positive, got {self.every_n_steps}")
+        require(len(self.seeds) > 0, "validation.seeds", "must hold at least one seed")
+        require(self.num_inference_steps > 0, "validation.num_inference_steps",
                  f"must be positive, got {self.num_inference_steps}")
-        _require(self.guidance_scale >= 0, "validation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        require(self.guidance_scale >= 0, "validation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
         if self.resolution is not None:
-            _require(self.resolution >= 8 and self.resolution % 8 == 0, "validation.resolution",
+            require(self.resolution >= 8 and self.resolution % 8 == 0, "validation.resolution",
                      f"must be a positive multiple of 8, got {self.resolution}")
-        _require(self.top_k > 0, "validation.top_k", f"must be a positive integer, got {self.top_k}")
-        _require(self.max_reference_images > 0, "validation.max_reference_images",
+        require(self.top_k > 0, "validation.top_k", f"must be a positive integer, got {self.top_k}")
+        require(self.max_reference_images > 0, "validation.max_reference_images",
                  f"must be positive, got {self.max_reference_images}")
 
 
@@ -262,12 +263,12 @@ class TrainConfig:
     experiment: Optional[str] = None  # set by experiment configs, for logs
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.trainer, dict) and "_target_" in self.trainer, "trainer",
+        require(isinstance(self.trainer, dict) and "_target_" in self.trainer, "trainer",
                  "must be a mapping with a `_target_`")
         if self.validation.enabled:
-            _require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
+            require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
                      "validation.enabled needs at least one prompt")
-        _require(self.validation.enabled or not self.optimized_metric.startswith("val/"), "optimized_metric",
+        require(self.validation.enabled or not self.optimized_metric.startswith("val/"), "optimized_metric",
                  f"{self.optimized_metric!r} is logged only with validation.enabled=true (callbacks=validation)")
 
 
@@ -276,9 +277,16 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
+def to_schema(cfg: DictConfig, schema: type[Schema], schema_name: str) -> Schema:
+    """Resolve a composed config into its dataclass, running every `__post_init__` check.
+
+    Raises `ConfigError` naming the bad key, or saying the YAML's defaults list lacks `schema_name`.
+    """
     config = OmegaConf.to_object(cfg)
-    if not isinstance(config, TrainConfig):
-        raise ConfigError("the config was not composed on the `train_schema` (conf/train.yaml's defaults list)")
+    if not isinstance(config, schema):
+        raise ConfigError(f"the config was not composed on the `{schema_name}` schema (first in its defaults list)")
     return config
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    return to_schema(cfg, TrainConfig, "train_schema")

@@ -26,10 +26,10 @@ import openai
 from PIL import Image
 
 from aldar_lit.atomic_write import write_text
-from aldar_lit.config import ConfigError
+from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.dataset import with_trigger
 from aldar_lit.data.images import DataError, list_image_files, load_rgb
-from aldar_lit.data.prep_config import CaptionConfig, to_config
+from aldar_lit.data.prep_config import CaptionConfig
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def write_report(report: CaptionReport, path: Path) -> None:
 
 def run_captioning(cfg: Any) -> CaptionReport:
     """`python -m aldar_lit.caption`'s body: validate, caption, write and log the report."""
-    config = to_config(cfg, CaptionConfig)
+    config = to_schema(cfg, CaptionConfig, "caption_schema")
     report = caption_folder(config, os.environ.get(API_KEY_ENV))
     report_path = Path(config.report_path or Path(config.input_dir).expanduser() / "caption_report.json")
     write_report(report, report_path)

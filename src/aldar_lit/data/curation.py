@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from aldar_lit.config import ConfigError
+from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.images import DataError, list_image_files, load_rgb, read_caption
-from aldar_lit.data.prep_config import CurateConfig, to_config
+from aldar_lit.data.prep_config import CurateConfig
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
 
 def run_curation(cfg: Any) -> dict[str, Any]:
     """`python -m aldar_lit.curate`'s body."""
-    config = to_config(cfg, CurateConfig)
+    config = to_schema(cfg, CurateConfig, "curate_schema")
     report = curate(config)
     for dropped in report["dropped"]:
         log.info("dropped %s: %s", dropped["file"], dropped["reason"])

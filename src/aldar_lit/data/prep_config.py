@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
-from aldar_lit.config import ConfigError, _require
+from aldar_lit.config import require
 
 IMAGE_DETAILS = ("low", "high", "auto")
 LINK_MODES = ("copy", "hardlink", "symlink")
@@ -40,16 +39,16 @@ class CaptionConfig:
     expected_output_tokens: int = 90  # per caption, for the dry-run estimate
 
     def __post_init__(self) -> None:
-        _require(bool(self.vision_model), "vision_model", "must name a model")
-        _require("{trigger}" in self.prompt, "prompt", "must contain {trigger}")
-        _require(self.image_detail in IMAGE_DETAILS, "image_detail",
+        require(bool(self.vision_model), "vision_model", "must name a model")
+        require("{trigger}" in self.prompt, "prompt", "must contain {trigger}")
+        require(self.image_detail in IMAGE_DETAILS, "image_detail",
                  f"must be one of {IMAGE_DETAILS}, got {self.image_detail!r}")
-        _require(self.max_image_side >= 64, "max_image_side", f"must be >= 64, got {self.max_image_side}")
-        _require(self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
-        _require(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
-        _require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
-        _require(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s}")
-        _require(self.usd_per_million_input_tokens >= 0 and self.usd_per_million_output_tokens >= 0,
+        require(self.max_image_side >= 64, "max_image_side", f"must be >= 64, got {self.max_image_side}")
+        require(self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
+        require(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
+        require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
+        require(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s}")
+        require(self.usd_per_million_input_tokens >= 0 and self.usd_per_million_output_tokens >= 0,
                  "usd_per_million_*_tokens", "prices must be >= 0")
 
 
@@ -80,17 +79,17 @@ class CurateConfig:
     max_image_pixels: int = 89_478_485
 
     def __post_init__(self) -> None:
-        _require(self.min_side >= 1, "min_side", f"must be >= 1, got {self.min_side}")
-        _require(self.blur_threshold >= 0, "blur_threshold", f"must be >= 0, got {self.blur_threshold}")
-        _require(self.analysis_side >= 32, "analysis_side", f"must be >= 32, got {self.analysis_side}")
-        _require(0 <= self.near_duplicate_distance <= 64, "near_duplicate_distance",
+        require(self.min_side >= 1, "min_side", f"must be >= 1, got {self.min_side}")
+        require(self.blur_threshold >= 0, "blur_threshold", f"must be >= 0, got {self.blur_threshold}")
+        require(self.analysis_side >= 32, "analysis_side", f"must be >= 32, got {self.analysis_side}")
+        require(0 <= self.near_duplicate_distance <= 64, "near_duplicate_distance",
                  f"must be in [0, 64], got {self.near_duplicate_distance}")
-        _require(self.link in LINK_MODES, "link", f"must be one of {LINK_MODES}, got {self.link!r}")
-        _require(self.contact_sheet_thumb >= 16 and self.contact_sheet_columns >= 1, "contact_sheet_*",
+        require(self.link in LINK_MODES, "link", f"must be one of {LINK_MODES}, got {self.link!r}")
+        require(self.contact_sheet_thumb >= 16 and self.contact_sheet_columns >= 1, "contact_sheet_*",
                  "thumb must be >= 16 px and columns >= 1")
-        _require("misc" in self.balance_reference, "balance_reference", "must have a `misc` entry")
+        require("misc" in self.balance_reference, "balance_reference", "must have a `misc` entry")
         unknown = set(self.balance_keywords) - set(self.balance_reference)
-        _require(not unknown, "balance_keywords", f"categories {sorted(unknown)} are not in balance_reference")
+        require(not unknown, "balance_keywords", f"categories {sorted(unknown)} are not in balance_reference")
 
 
 def register_prep_configs() -> None:
@@ -98,10 +97,3 @@ def register_prep_configs() -> None:
     store.store(name="caption_schema", node=CaptionConfig)
     store.store(name="curate_schema", node=CurateConfig)
 
-
-def to_config(cfg: DictConfig, schema: type) -> object:
-    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
-    config = OmegaConf.to_object(cfg)
-    if not isinstance(config, schema):
-        raise ConfigError(f"the config was not composed on the {schema.__name__} schema (its defaults list)")
-    return config

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from aldar_lit.config import ConfigError, ModelConfig, PathsConfig, ScorerConfig, _require
+from aldar_lit.config import ModelConfig, PathsConfig, ScorerConfig, require, to_schema
 from aldar_lit.pipelines.config import (MODES, AdaptersConfig, GenerationConfig, LoraSourceConfig, QAConfig)
 
 IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
@@ -30,10 +30,10 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         for index, prompt in enumerate(self.prompts):
-            _require(isinstance(prompt, str) and bool(prompt.strip()), f"suite.prompts[{index}]",
+            require(isinstance(prompt, str) and bool(prompt.strip()), f"suite.prompts[{index}]",
                      "must be a non-empty string")
-        _require(len(self.seeds) > 0, "suite.seeds", "must hold at least one seed")
-        _require(len(set(self.seeds)) == len(self.seeds), "suite.seeds", f"has duplicates: {list(self.seeds)}")
+        require(len(self.seeds) > 0, "suite.seeds", "must hold at least one seed")
+        require(len(set(self.seeds)) == len(self.seeds), "suite.seeds", f"has duplicates: {list(self.seeds)}")
 
 
 @dataclass
@@ -49,10 +49,10 @@ class IdentityConfig:
 
     def __post_init__(self) -> None:
         for name in self.backends:
-            _require(name in IDENTITY_BACKENDS, "identity.backends",
+            require(name in IDENTITY_BACKENDS, "identity.backends",
                      f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
         if "arcface_onnx" in self.backends:
-            _require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
+            require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
 
 
 @dataclass
@@ -62,8 +62,8 @@ class StatsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.num_resamples >= 100, "stats.num_resamples", f"must be >= 100, got {self.num_resamples}")
-        _require(0 < self.confidence < 1, "stats.confidence", f"must be in (0, 1), got {self.confidence}")
+        require(self.num_resamples >= 100, "stats.num_resamples", f"must be >= 100, got {self.num_resamples}")
+        require(0 < self.confidence < 1, "stats.confidence", f"must be in (0, 1), got {self.confidence}")
 
 
 @dataclass
@@ -73,7 +73,7 @@ class WandbConfig:
     project: str = "aldar_lit"
 
     def __post_init__(self) -> None:
-        _require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
+        require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
 
 
 @dataclass
@@ -97,16 +97,16 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _require(bool(self.suite.prompts) or bool(self.suite.story_files), "suite.prompts",
+        require(bool(self.suite.prompts) or bool(self.suite.story_files), "suite.prompts",
                  "the prompt suite is empty and suite.story_files names no story: nothing to evaluate")
-        _require(len(self.modes) > 0, "modes", "must name at least one mode")
+        require(len(self.modes) > 0, "modes", "must name at least one mode")
         for mode in self.modes:
-            _require(mode in MODES, "modes", f"unknown mode {mode!r}; known modes: {list(MODES)}")
-        _require(len(set(self.modes)) == len(self.modes), "modes", f"has duplicates: {list(self.modes)}")
+            require(mode in MODES, "modes", f"unknown mode {mode!r}; known modes: {list(MODES)}")
+        require(len(set(self.modes)) == len(self.modes), "modes", f"has duplicates: {list(self.modes)}")
         if self.sweep_dir is None and any(m != "baseline" for m in self.modes):
-            _require(self.lora.path is not None, "lora.path",
+            require(self.lora.path is not None, "lora.path",
                      f"modes {[m for m in self.modes if m != 'baseline']} need an adapter: lora.path=<run>/lora")
-        _require(self.max_reference_images > 0, "max_reference_images", "must be positive")
+        require(self.max_reference_images > 0, "max_reference_images", "must be positive")
 
 
 def register_evaluate_configs() -> None:
@@ -114,8 +114,4 @@ def register_evaluate_configs() -> None:
 
 
 def to_eval_config(cfg: DictConfig) -> EvalConfig:
-    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
-    config = OmegaConf.to_object(cfg)
-    if not isinstance(config, EvalConfig):
-        raise ConfigError("the config was not composed on the `evaluate_schema` (conf/evaluate.yaml's defaults list)")
-    return config
+    return to_schema(cfg, EvalConfig, "evaluate_schema")

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from filelock import FileLock
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from aldar_lit.atomic_write import build_dir_once
 from aldar_lit.config import ConfigError
 from aldar_lit.models.tokenizer import EOS, build_clip_tokenizer
 
 SPEC_ROOT = Path(__file__).parent / "specs"
-COMPLETE_MARKER = "model_index.json"  # written last by `save_pretrained`
 
 
 def spec_dir(name: str) -> Path:
@@ -59,22 +56,5 @@ def _without_class(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def materialise_random_sdxl(name: str, seed: int, target: str | os.PathLike) -> Path:
-    """Write the random model `name` as a diffusers-format directory at `target`, once.
-
-    Safe under concurrent callers (Hydra multirun jobs): a file lock serialises them and the
-    directory appears atomically, so a reader never sees a half-written model.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / COMPLETE_MARKER).is_file():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            StableDiffusionXLPipeline(**build_random_sdxl(name, seed)).save_pretrained(tmp)
-            if target.exists():  # a leftover without the completion marker
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Write the random model `name` as a diffusers-format directory at `target`, once (see `build_dir_once`)."""
+    return build_dir_once(target, lambda tmp: StableDiffusionXLPipeline(**build_random_sdxl(name, seed)).save_pretrained(tmp))

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from aldar_lit.config import ConfigError, ModelConfig, PathsConfig, _require
+from aldar_lit.config import ModelConfig, PathsConfig, require, to_schema
 
 MODES = ("baseline", "simple", "ref_guided")
 FACE_BACKENDS = ("haar", "mediapipe", "none")
@@ -31,10 +31,10 @@ class LLMConfig:
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        _require(bool(self.model), "story.llm.model", "must name a chat model")
-        _require(1 <= self.num_scenes <= 64, "story.llm.num_scenes", f"must be in [1, 64], got {self.num_scenes}")
-        _require(self.timeout_s > 0, "story.llm.timeout_s", f"must be positive, got {self.timeout_s}")
-        _require(self.max_retries >= 0, "story.llm.max_retries", f"must be >= 0, got {self.max_retries}")
+        require(bool(self.model), "story.llm.model", "must name a chat model")
+        require(1 <= self.num_scenes <= 64, "story.llm.num_scenes", f"must be in [1, 64], got {self.num_scenes}")
+        require(self.timeout_s > 0, "story.llm.timeout_s", f"must be positive, got {self.timeout_s}")
+        require(self.max_retries >= 0, "story.llm.max_retries", f"must be >= 0, got {self.max_retries}")
 
 
 @dataclass
@@ -48,10 +48,10 @@ class StoryConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
 
     def __post_init__(self) -> None:
-        _require((self.file is None) != (self.text is None), "story",
+        require((self.file is None) != (self.text is None), "story",
                  "give exactly one of story.file (a scene list) or story.text (a paragraph for the LLM)")
         if self.text is not None:
-            _require(bool(self.text.strip()), "story.text", "is empty")
+            require(bool(self.text.strip()), "story.text", "is empty")
 
 
 @dataclass
@@ -67,10 +67,10 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         for key in ("width", "height"):
             value = getattr(self, key)
-            _require(value >= 8 and value % 8 == 0, f"generation.{key}",
+            require(value >= 8 and value % 8 == 0, f"generation.{key}",
                      f"must be a positive multiple of 8, got {value}")
-        _require(self.steps > 0, "generation.steps", f"must be positive, got {self.steps}")
-        _require(self.guidance_scale >= 0, "generation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        require(self.steps > 0, "generation.steps", f"must be positive, got {self.steps}")
+        require(self.guidance_scale >= 0, "generation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
 
 
 @dataclass
@@ -87,9 +87,9 @@ class IPAdapterConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.scale >= 0, "adapters.ip_adapter.scale", f"must be >= 0, got {self.scale}")
-        _require(self.face_margin >= 0, "adapters.ip_adapter.face_margin", f"must be >= 0, got {self.face_margin}")
-        _require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.ip_adapter.random_init",
+        require(self.scale >= 0, "adapters.ip_adapter.scale", f"must be >= 0, got {self.scale}")
+        require(self.face_margin >= 0, "adapters.ip_adapter.face_margin", f"must be >= 0, got {self.face_margin}")
+        require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.ip_adapter.random_init",
                  f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
 
 
@@ -104,9 +104,9 @@ class ControlNetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.conditioning_scale >= 0, "adapters.controlnet.conditioning_scale",
+        require(self.conditioning_scale >= 0, "adapters.controlnet.conditioning_scale",
                  f"must be >= 0, got {self.conditioning_scale}")
-        _require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.controlnet.random_init",
+        require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.controlnet.random_init",
                  f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
 
 
@@ -135,15 +135,15 @@ class DetectorConfig:
     pose_min_visibility: float = 0.5
 
     def __post_init__(self) -> None:
-        _require(self.face_backend in FACE_BACKENDS, "qa.detectors.face_backend",
+        require(self.face_backend in FACE_BACKENDS, "qa.detectors.face_backend",
                  f"must be one of {FACE_BACKENDS}, got {self.face_backend!r}")
-        _require(self.pose_backend in POSE_BACKENDS, "qa.detectors.pose_backend",
+        require(self.pose_backend in POSE_BACKENDS, "qa.detectors.pose_backend",
                  f"must be one of {POSE_BACKENDS}, got {self.pose_backend!r}")
         if self.face_backend == "mediapipe":
-            _require(bool(self.face_model_path), "qa.detectors.face_model_path",
+            require(bool(self.face_model_path), "qa.detectors.face_model_path",
                      "the mediapipe face backend needs a face detector .tflite (e.g. blaze_face_short_range.tflite)")
         if self.pose_backend == "mediapipe":
-            _require(bool(self.pose_model_path), "qa.detectors.pose_model_path",
+            require(bool(self.pose_model_path), "qa.detectors.pose_model_path",
                      "the mediapipe pose backend needs a pose landmarker .task (e.g. pose_landmarker_lite.task)")
 
 
@@ -169,10 +169,10 @@ class QAConfig:
     autofix: AutoFixConfig = field(default_factory=AutoFixConfig)
 
     def __post_init__(self) -> None:
-        _require(self.max_attempts >= 1, "qa.max_attempts", f"must be >= 1, got {self.max_attempts}")
-        _require(-1.0 <= self.prompt_threshold <= 1.0, "qa.prompt_threshold", "is a cosine, must be in [-1, 1]")
-        _require(-1.0 <= self.identity_threshold <= 1.0, "qa.identity_threshold", "is a cosine, must be in [-1, 1]")
-        _require(0.0 <= self.min_face_fraction < 1.0, "qa.min_face_fraction", "must be in [0, 1)")
+        require(self.max_attempts >= 1, "qa.max_attempts", f"must be >= 1, got {self.max_attempts}")
+        require(-1.0 <= self.prompt_threshold <= 1.0, "qa.prompt_threshold", "is a cosine, must be in [-1, 1]")
+        require(-1.0 <= self.identity_threshold <= 1.0, "qa.identity_threshold", "is a cosine, must be in [-1, 1]")
+        require(0.0 <= self.min_face_fraction < 1.0, "qa.min_face_fraction", "must be in [0, 1)")
 
 
 @dataclass
@@ -183,7 +183,7 @@ class LoraSourceConfig:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")
+        require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")
 
 
 @dataclass
@@ -199,9 +199,9 @@ class InferConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
         if self.mode == "simple":
-            _require(self.lora.path is not None, "lora.path",
+            require(self.lora.path is not None, "lora.path",
                      "mode=simple is SDXL + LoRA: give lora.path=<run dir>/lora")
 
 
@@ -211,8 +211,4 @@ def register_infer_configs() -> None:
 
 
 def to_infer_config(cfg: DictConfig) -> InferConfig:
-    """Resolve and validate a composed config; raises `ConfigError` naming the bad key."""
-    config = OmegaConf.to_object(cfg)
-    if not isinstance(config, InferConfig):
-        raise ConfigError("the config was not composed on the `infer_schema` (conf/infer.yaml's defaults list)")
-    return config
+    return to_schema(cfg, InferConfig, "infer_schema")

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
-from filelock import FileLock
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from aldar_lit.atomic_write import build_dir_once
 
 IP_ADAPTER_SUBFOLDER = "sdxl_models"
 IP_ADAPTER_WEIGHTS = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 IMAGE_ENCODER_FOLDER = "models/image_encoder"
-COMPLETE_MARKER = ".complete"
 
 TINY_IMAGE_ENCODER = CLIPVisionConfig(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -33,24 +30,6 @@ TINY_IMAGE_ENCODER = CLIPVisionConfig(
 )
 TINY_RESAMPLER_HIDDEN = 32
 TINY_NUM_QUERIES = 4
-
-
-def _materialise(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp_dir)` once and move the result to `target` atomically, under a file lock."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / COMPLETE_MARKER).is_file():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            write(tmp)
-            (tmp / COMPLETE_MARKER).touch()
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _resampler_to_h94_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,7 +97,7 @@ def materialise_tiny_ip_adapter(base_model_dir: str | os.PathLike, target: str |
             torch.manual_seed(seed)
             CLIPVisionModelWithProjection(TINY_IMAGE_ENCODER).save_pretrained(tmp / IMAGE_ENCODER_FOLDER)
 
-    return _materialise(Path(target), write)
+    return build_dir_once(target, write)
 
 
 def materialise_tiny_controlnet(base_model_dir: str | os.PathLike, target: str | os.PathLike, seed: int = 0) -> Path:
@@ -140,7 +119,7 @@ def materialise_tiny_controlnet(base_model_dir: str | os.PathLike, target: str |
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
         controlnet.save_pretrained(tmp)
 
-    return _materialise(Path(target), write)
+    return build_dir_once(target, write)
 
 
 def _vae_block_channels(base_model_dir: str | os.PathLike) -> list[int]:
