@@ -38,6 +38,16 @@ def test_only_lora_parameters_are_trainable(trained) -> None:
         assert all(p.dtype == torch.float32 for p in module.parameters() if p.requires_grad)
 
 
+def test_text_encoder_1_last_layer_has_no_adapter(trained) -> None:
+    """SDXL reads its penultimate hidden state; an adapter on the last layer could never train."""
+    parts, modules, _ = trained
+    last = parts.text_encoder.config.num_hidden_layers - 1
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in modules["text_encoder"].named_parameters()
+               if "lora_" in n}
+    assert adapted == {str(i) for i in range(last)}
+    assert any(f".layers.{last}." in n for n, _ in modules["text_encoder_2"].named_parameters() if "lora_" in n)
+
+
 def test_diffusers_export_reproduces_trained_model(trained, tmp_path, tiny_model_dir) -> None:
     parts, modules, cfg = trained
     export_lora(modules, cfg, tmp_path / "lora")

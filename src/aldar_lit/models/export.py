@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from aldar_lit.config import LoraConfig
-from aldar_lit.models.lora import TE1, TE2, UNET, lora_state_dict, peft_lora_config
+from aldar_lit.models.lora import TE1, TE2, UNET, adapter_config, lora_state_dict
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
@@ -54,7 +54,7 @@ def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | o
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     peft_dicts = peft_state_dicts(trained)
     to_diffusers = {part: convert_state_dict_to_diffusers(sd) for part, sd in peft_dicts.items()}
-    metadata = {part: peft_lora_config(cfg, part).to_dict() for part in peft_dicts}
+    metadata = {part: adapter_config(model).to_dict() for part, model in trained.items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         StableDiffusionXLPipeline.save_lora_weights(

@@ -19,14 +19,28 @@ UNET, TE1, TE2 = "unet", "text_encoder", "text_encoder_2"
 PARTS = (UNET, TE1, TE2)
 
 
-def peft_lora_config(cfg: LoraConfig, part: str) -> peft.LoraConfig:
+def peft_lora_config(cfg: LoraConfig, part: str, model: nn.Module) -> peft.LoraConfig:
     return peft.LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         init_lora_weights=True if cfg.init == "default" else cfg.init,
         target_modules=list(cfg.unet_targets if part == UNET else cfg.text_encoder_targets),
+        exclude_modules=unread_layers(part, model),
     )
+
+
+def unread_layers(part: str, model: nn.Module) -> str | None:
+    """SDXL reads text encoder 1's penultimate hidden state, so its last layer never reaches the loss:
+    adapters there would never train (and DDP would stop on their missing gradients)."""
+    if part != TE1:
+        return None
+    return rf".*\.layers\.{model.config.num_hidden_layers - 1}\..*"
+
+
+def adapter_config(model: nn.Module) -> peft.LoraConfig:
+    """The LoRA config a part was injected with."""
+    return model.peft_config[ADAPTER]
 
 
 def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.Module]:
@@ -41,7 +55,7 @@ def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.M
     for model in models.values():
         model.requires_grad_(False)
     for part, model in trained.items():
-        peft.inject_adapter_in_model(peft_lora_config(cfg, part), model, adapter_name=ADAPTER)
+        peft.inject_adapter_in_model(peft_lora_config(cfg, part, model), model, adapter_name=ADAPTER)
         for name, param in model.named_parameters():
             if "lora_" in name:
                 param.data = param.data.float()
