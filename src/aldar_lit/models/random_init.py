@@ -39,16 +39,17 @@ def _load_spec(name: str) -> dict[str, dict[str, Any]]:
 def build_random_sdxl(name: str, seed: int) -> dict[str, Any]:
     """All seven SDXL pipeline components, keyed as `StableDiffusionXLPipeline` expects them."""
     spec = _load_spec(name)
-    torch.manual_seed(seed)
-    return {
-        "unet": UNet2DConditionModel.from_config(spec["unet"]),
-        "vae": AutoencoderKL.from_config(spec["vae"]),
-        "text_encoder": CLIPTextModel(CLIPTextConfig(**_without_class(spec["text_encoder"]))),
-        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**_without_class(spec["text_encoder_2"]))),
-        "tokenizer": build_clip_tokenizer(pad_token=EOS),
-        "tokenizer_2": build_clip_tokenizer(pad_token="!"),
-        "scheduler": EulerDiscreteScheduler.from_config(spec["scheduler"]),
-    }
+    with torch.random.fork_rng(devices=[]):  # seeded weights, without touching the caller's RNG
+        torch.manual_seed(seed)
+        return {
+            "unet": UNet2DConditionModel.from_config(spec["unet"]),
+            "vae": AutoencoderKL.from_config(spec["vae"]),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**_without_class(spec["text_encoder"]))),
+            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**_without_class(spec["text_encoder_2"]))),
+            "tokenizer": build_clip_tokenizer(pad_token=EOS),
+            "tokenizer_2": build_clip_tokenizer(pad_token="!"),
+            "scheduler": EulerDiscreteScheduler.from_config(spec["scheduler"]),
+        }
 
 
 def _without_class(config: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,9 @@ class SDXLLoRAModule(L.LightningModule):
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
         self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
         self.noise_scheduler = parts.training_noise_scheduler()
-        self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
+        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
+            torch.manual_seed(self.seed)
+            self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
         for part, module in self.sdxl_modules().items():
             module.train(part in self.trained_parts)  # LoRA dropout active; frozen parts in eval
         self.vae.requires_grad_(False).eval()
@@ -75,19 +77,25 @@ class SDXLLoRAModule(L.LightningModule):
         return {name for name, param in self.named_parameters() if param.requires_grad}
 
     # -- training --------------------------------------------------------------------------
-    def step_generator(self) -> torch.Generator:
-        """Randomness of a step as a function of (seed, step, rank): a resumed run draws the same noise."""
-        seed = hash((self.seed, self.global_step, self.global_rank)) % (2**63)
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def sample_generators(self, indices: torch.Tensor) -> list[torch.Generator]:
+        """One generator per sample, seeded by (seed, step, dataset index).
+
+        A sample's latent, noise and timestep draws depend neither on the rank nor on the batch it
+        lands in, so N DDP ranks reproduce one process with the same global batch, and a resumed run
+        draws exactly what the uninterrupted one did.
+        """
+        return [torch.Generator(device=self.device).manual_seed(hash((self.seed, self.global_step, i)) % 2**63)
+                for i in indices.tolist()]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch, self.step_generator())
+        loss = self.compute_loss(batch, self.sample_generators(batch["index"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 
-    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def compute_loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
         """`batch` holds `pixel_values` or cached `latent_dist` (VAE posterior parameters), and may hold
-        cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`)."""
+        cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`). Every random
+        draw comes from `generator`, or from one generator per sample (diffusers' `randn_tensor` rule)."""
         with torch.no_grad():
             if "latent_dist" in batch:
                 posterior = DiagonalGaussianDistribution(batch["latent_dist"].to(self.vae.dtype))
