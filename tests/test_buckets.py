@@ -72,16 +72,18 @@ def test_bucket_sampler_order_is_a_function_of_seed_and_epoch() -> None:
         assert len({buckets[i] for i in order[start:start + 3]}) == 1
 
 
-def test_bucket_sampler_deals_equal_disjoint_batches_to_ranks() -> None:
-    buckets = [(64, 64)] * 9 + [(48, 80)] * 3  # 4 batches of 3
-    samplers = [BucketSampler(buckets, batch_size=3, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
-    for sampler in samplers:
+def test_ranks_split_the_global_batches_of_a_single_process() -> None:
+    buckets = [(64, 64)] * 9 + [(48, 80)] * 3
+    single = BucketSampler(buckets, batch_size=6, num_replicas=1, rank=0, seed=5)
+    ranks = [BucketSampler(buckets, batch_size=3, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
+    for sampler in (single, *ranks):
         sampler.set_epoch(2)
-    per_rank = [sampler.batches() for sampler in samplers]
-    assert len(per_rank[0]) == len(per_rank[1]) == 2 == len(samplers[0]) // 3
-    flat = [tuple(b) for batches in per_rank for b in batches]
-    assert len(set(flat)) == 4  # no batch on two ranks
-    assert {i for b in flat for i in b} == set(range(12))
+    per_rank = [sampler.batches() for sampler in ranks]
+    assert len(per_rank[0]) == len(per_rank[1]) == len(single.batches()) == 3 == len(ranks[0]) // 3
+    for step, global_batch in enumerate(single.batches()):
+        assert per_rank[0][step] + per_rank[1][step] == global_batch  # same samples, same step
+        assert len({buckets[i] for i in global_batch}) == 1  # every rank trains one resolution per step
+    assert {i for batches in per_rank for b in batches for i in b} == set(range(12))
     with pytest.raises(ValueError):
         BucketSampler(buckets, batch_size=3, num_replicas=2, rank=2)
 

@@ -115,12 +115,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_config, two_
     grads = []
     for checkpointing in (False, True):
         module = make_module(replace(tiny_model_config, gradient_checkpointing=checkpointing))
-        torch.manual_seed(0)  # the same LoRA initialisation
         module.configure_model()
         module.compute_loss(batch, torch.Generator().manual_seed(3)).backward()
-        # (text encoder 1's last layer gets none: SDXL reads its penultimate hidden state)
-        grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad and p.grad is not None})
+        grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad})
     assert module.unet.is_gradient_checkpointing
+    assert all(g is not None for g in grads[0].values())  # no adapter outside the loss's graph (DDP needs it)
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 100
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6)
@@ -142,6 +141,4 @@ def test_optimizers_and_cosine_schedule_step(tiny_model_config, two_images, opti
     assert type(trainer.optimizers[0]).__module__.split(".")[0] == optimizer["_target_"].split(".")[0]
     assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 1e-3  # cosine has decayed
     after = dict(module.named_parameters())
-    stepped = [n for n in before if after[n].grad is not None]  # not text encoder 1's unread last layer
-    assert len(stepped) > 0.9 * len(before)
-    assert all(not torch.equal(after[n], before[n]) for n in stepped)
+    assert all(not torch.equal(after[n], before[n]) for n in before)

@@ -59,11 +59,13 @@ def resize_and_crop_box(height: int, width: int, bucket: Bucket, center: bool,
 class BucketSampler(DistributedSampler):
     """Indices ordered so that every run of `batch_size` consecutive ones lies in a single bucket.
 
-    Use it as the DataLoader's `sampler` with the same `batch_size` and `drop_last=False`. The order is
-    a function of (seed, epoch) only, like `DistributedSampler`'s (which Lightning then leaves in place
-    and calls `set_epoch` on), so a resumed run sees the same batches. A bucket's last, partial batch is
-    filled with its own samples again; batches are shuffled across buckets and dealt out round-robin
-    to the `num_replicas` ranks, padded so that every rank gets the same number of batches.
+    Use it as the DataLoader's `sampler` with the same `batch_size` and `drop_last=False`. Global
+    batches (`batch_size` x `num_replicas` samples of one bucket, a bucket's last one filled with its
+    own samples again) are formed and shuffled as a function of (seed, epoch) and the global batch
+    size only; each rank takes its slice of every global batch. So a resumed run sees the same
+    batches, every rank of a step trains at the same resolution, and N ranks x B samples see exactly
+    what one process with N*B samples would. Like `DistributedSampler` (which it subclasses),
+    Lightning leaves it in place and calls `set_epoch` on it.
     """
 
     def __init__(self, buckets_of_items: Sequence[Bucket], batch_size: int, num_replicas: int = 1, rank: int = 0,
@@ -74,24 +76,24 @@ class BucketSampler(DistributedSampler):
         self.groups: dict[Bucket, list[int]] = {}
         for index, bucket in enumerate(buckets_of_items):
             self.groups.setdefault(bucket, []).append(index)
-        batches = sum(math.ceil(len(members) / batch_size) for members in self.groups.values())
-        self.batches_per_rank = math.ceil(batches / num_replicas)
+        global_size = batch_size * num_replicas
+        self.batches_per_rank = sum(math.ceil(len(members) / global_size) for members in self.groups.values())
 
     def batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch."""
+        global_size = self.batch_size * self.num_replicas
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = []
+        global_batches = []
         for members in self.groups.values():
             order = torch.randperm(len(members), generator=generator).tolist() if self.shuffle else range(len(members))
             members = [members[i] for i in order]
-            filled = math.ceil(len(members) / self.batch_size) * self.batch_size
+            filled = math.ceil(len(members) / global_size) * global_size
             members = [members[i % len(members)] for i in range(filled)]
-            batches += [members[i:i + self.batch_size] for i in range(0, filled, self.batch_size)]
+            global_batches += [members[i:i + global_size] for i in range(0, filled, global_size)]
         if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        total = self.batches_per_rank * self.num_replicas
-        batches = [batches[i % len(batches)] for i in range(total)]
-        return batches[self.rank::self.num_replicas]
+            global_batches = [global_batches[i] for i in torch.randperm(len(global_batches), generator=generator).tolist()]
+        start = self.rank * self.batch_size
+        return [batch[start:start + self.batch_size] for batch in global_batches]
 
     def __iter__(self) -> Iterator[int]:
         return iter([index for batch in self.batches() for index in batch])

@@ -193,7 +193,7 @@ class CaptionedImageDataset(Dataset):
 
     def _item(self, index: int) -> dict:
         example, bucket = self.examples[index], self.item_buckets[index]
-        item = {"caption": example.caption, "original_size": torch.tensor(example.size),
+        item = {"index": torch.tensor(index), "caption": example.caption, "original_size": torch.tensor(example.size),
                 "target_size": torch.tensor(bucket)}
         if self.latent_cache is not None:
             item["latent_dist"] = self._cached(self.latent_cache, index, "latent")["latent_dist"]

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
+from diffusers.utils.torch_utils import randn_tensor
 
 from aldar_lit.config import ObjectiveConfig
 
@@ -17,22 +18,22 @@ def denoising_loss(
     prompt_embeds: torch.Tensor,
     pooled_prompt_embeds: torch.Tensor,
     add_time_ids: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     cfg: ObjectiveConfig,
 ) -> torch.Tensor:
-    """One Monte-Carlo sample of the diffusion loss per latent, all randomness drawn from `generator`.
+    """One Monte-Carlo sample of the diffusion loss per latent, all randomness drawn from `generator`
+    (or from one generator per latent).
 
     Supports epsilon and v-prediction (from `cfg` or the scheduler's config), the noise-offset
     trick and min-SNR-gamma weighting (Hang et al. 2023).
     """
     batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    noise = randn_tensor(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     if cfg.noise_offset > 0:
-        offset = torch.randn((batch, latents.shape[1], 1, 1), generator=generator, device=latents.device)
-        noise = noise + cfg.noise_offset * offset.to(latents.dtype)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=latents.device
-    )
+        offset = randn_tensor((batch, latents.shape[1], 1, 1), generator=generator, device=latents.device,
+                              dtype=latents.dtype)
+        noise = noise + cfg.noise_offset * offset
+    timesteps = random_timesteps(scheduler.config.num_train_timesteps, batch, generator, latents.device)
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
     prediction = unet(
@@ -56,3 +57,11 @@ def denoising_loss(
     weights = snr.clamp(max=cfg.min_snr_gamma) / (snr if prediction_type == "epsilon" else snr + 1)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
+
+
+def random_timesteps(num_train_timesteps: int, batch: int, generator: torch.Generator | list[torch.Generator],
+                     device: torch.device) -> torch.Tensor:
+    if isinstance(generator, list):
+        draws = [torch.randint(0, num_train_timesteps, (1,), generator=g, device=g.device) for g in generator]
+        return torch.cat(draws).to(device)
+    return torch.randint(0, num_train_timesteps, (batch,), generator=generator, device=device)

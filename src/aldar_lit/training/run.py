@@ -6,15 +6,16 @@ keeps the top-k by it, and the best checkpoint (not the last step) is what lands
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import resource
 import time
-from pathlib import Path
-from typing import Any
-
-import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -175,8 +176,11 @@ def run(cfg: DictConfig) -> float:
         logger.log_hyperparams(loggable_config(cfg))
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+    with out_of_memory_advice(config):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     train_seconds = time.perf_counter() - started
+    if not trainer.is_global_zero:
+        return float("nan")  # rank 0 exports, reports and answers the sweeper
 
     adapter_files, selected = export_selected(module, config, selection, output_dir)
     summary = {**make_summary(config, module, trainer, train_seconds, adapter_files), **selected}
@@ -190,6 +194,38 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"optimized_metric: {config.optimized_metric!r} was never logged; "
                           f"logged metrics: {sorted(trainer.callback_metrics)}")
     return float(metric)
+
+
+def memory_advice(config: TrainConfig) -> list[str]:
+    """Overrides that lower training memory, among those this run does not use yet."""
+    advice = []
+    if config.data.batch_size > 1:
+        advice.append(f"data.batch_size={config.data.batch_size // 2} "
+                      "+trainer.accumulate_grad_batches=2 (the same effective batch)")
+    if not config.model.gradient_checkpointing:
+        advice.append("model.gradient_checkpointing=true (recompute activations in the backward pass)")
+    if "8bit" not in config.optim.optimizer["_target_"]:
+        advice.append("optim=adamw8bit (optimizer state in 8 bits)")
+    if not config.data.cache_latents:
+        advice.append("data.cache_latents=true (no VAE encoder in the step)")
+    if config.lora.train_text_encoders:
+        advice.append("lora.train_text_encoders=false (no text-encoder activations kept for backward)")
+    if config.model.dtype == "float32":
+        advice.append("model.dtype=bfloat16 (frozen weights in half the memory)")
+    return advice
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(config: TrainConfig) -> Iterator[None]:
+    """Re-raise an out-of-memory error with the settings that would fit, instead of a bare CUDA message."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        advice = memory_advice(config) or ["a smaller data.resolution or lora.rank"]
+        raise torch.OutOfMemoryError(
+            f"{err}\nTraining ran out of memory. Settings that lower it (each is a command-line override):\n  "
+            + "\n  ".join(advice)
+        ) from err
 
 
 def make_summary(config: TrainConfig, module: SDXLLoRAModule, trainer: L.Trainer, train_seconds: float,

@@ -1,0 +1,67 @@
+"""Scale-out behaviour on the CPU: DDP over 2 processes (gloo) and the out-of-memory advice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aldar_lit.training.run import memory_advice, out_of_memory_advice
+from test_config import compose_train
+from test_train_script import train
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path: Path, cache_dir) -> None:
+    common = ["trainer.max_steps=3", "checkpoint.every_n_train_steps=null"]
+    train(tmp_path / "one", *common, "data.batch_size=4")
+    train(tmp_path / "two", *common, "data.batch_size=2", "trainer=ddp", "trainer.accelerator=cpu",
+          "trainer.devices=2", "trainer.precision=32-true")
+    for run in ("one", "two"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["global_step"] == 3
+    single = load_file(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
+    ddp = load_file(tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors")
+    assert single.keys() == ddp.keys()
+    changed = 0
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+        changed += int(".up." in key and single[key].abs().max() > 0)
+    assert changed > 0  # the runs trained something
+
+
+def test_out_of_memory_is_reraised_with_settings_that_fit() -> None:
+    config = compose_train("experiment=aldar_kose", "data.root=/renders")
+    with pytest.raises(torch.OutOfMemoryError) as caught:
+        with out_of_memory_advice(config):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    message = str(caught.value)
+    assert message.startswith("CUDA out of memory. Tried to allocate 2.00 GiB")
+    for override in ("data.batch_size=2 +trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true",
+                     "optim=adamw8bit", "lora.train_text_encoders=false"):
+        assert override in message
+
+
+def test_memory_advice_leaves_out_what_is_already_on() -> None:
+    config = compose_train("experiment=aldar_kose", "data.root=/renders", "optim=adamw8bit",
+                           "model.gradient_checkpointing=true", "data.batch_size=1")
+    advice = " ".join(memory_advice(config))
+    assert "adamw8bit" not in advice and "gradient_checkpointing" not in advice and "batch_size" not in advice
+
+
+def test_sweeps_can_launch_on_slurm_through_submitit() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from aldar_lit.config import register_configs
+    from conftest import REPO_ROOT
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=rank_sweep", "data.root=/renders", "hydra/launcher=submitit_slurm",
+                                          "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.partition == "gpu"
+    assert cfg.hydra.sweeper.params["lora.rank"] == "8,16,32,64,128"
