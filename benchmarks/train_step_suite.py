@@ -90,6 +90,7 @@ def synthetic_batch(batch_size: int, resolution: int, latent_factor: int, cached
     generator = torch.Generator().manual_seed(0)
     size = torch.tensor([[resolution, resolution]] * batch_size)
     batch = {
+        "index": torch.arange(batch_size),
         "caption": ["aldar_kose_man, a cheerful man in a tall pointed hat, full body, in the steppe"] * batch_size,
         "original_size": size, "crop_top_left": torch.zeros_like(size), "target_size": size,
     }
@@ -144,7 +145,7 @@ def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> f
             _synchronize()
             started = time.perf_counter()
         with autocast(device, precision):
-            loss = module.compute_loss(batch, torch.Generator(device).manual_seed(step))
+            loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step * len(batch["index"])))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
