@@ -142,3 +142,33 @@ def test_optimizers_and_cosine_schedule_step(tiny_model_config, two_images, opti
     assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] < 1e-3  # cosine has decayed
     after = dict(module.named_parameters())
     assert all(not torch.equal(after[n], before[n]) for n in before)
+
+
+def test_channels_last_and_compiled_unet_train_the_same_adapters(tiny_model_config, two_images) -> None:
+    from dataclasses import replace
+
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
+    results = []
+    for switches in ({}, {"channels_last": True}, {"compile_unet": "eager"}):
+        module = make_module(replace(tiny_model_config, **switches))
+        module.configure_model()
+        loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
+    plain_loss, plain_grads = results[0]
+    for loss, grads in results[1:]:
+        assert grads.keys() == plain_grads.keys()  # compiled in place: checkpoint keys unchanged
+        assert loss == pytest.approx(plain_loss, rel=1e-5)
+        for name in plain_grads:
+            torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
+    from dataclasses import replace
+
+    from aldar_lit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^model.compile_unet: must be a torch.compile backend"):
+        replace(tiny_model_config, compile_unet="warp-drive")

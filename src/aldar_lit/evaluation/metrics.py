@@ -45,7 +45,6 @@ DEFINITIONS = {
     "seconds": "wall seconds for the frame, all attempts and QA included",
     "peak_memory_gb": "per storyboard: peak accelerator memory during its generation (GB; NaN on CPU or reused runs)",
 }
-STORY_LEVEL = ("story_consistency", "story_consistency_sd", "peak_memory_gb")
 
 
 def base_metric(metric: str) -> str:

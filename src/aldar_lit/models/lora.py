@@ -16,7 +16,6 @@ from aldar_lit.config import LoraConfig
 
 ADAPTER = "default"
 UNET, TE1, TE2 = "unet", "text_encoder", "text_encoder_2"
-PARTS = (UNET, TE1, TE2)
 
 
 def peft_lora_config(cfg: LoraConfig, part: str, model: nn.Module) -> peft.LoraConfig:

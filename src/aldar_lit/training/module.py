@@ -60,11 +60,15 @@ class SDXLLoRAModule(L.LightningModule):
         for part, module in self.sdxl_modules().items():
             module.train(part in self.trained_parts)  # LoRA dropout active; frozen parts in eval
         self.vae.requires_grad_(False).eval()
+        if self.model_cfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         if self.model_cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.lora_cfg.train_text_encoders:
                 for encoder in (self.text_encoder, self.text_encoder_2):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
+        if self.model_cfg.compile_unet is not None:
+            self.unet.compile(backend=self.model_cfg.compile_unet)  # in place: parameter names unchanged
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
