@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from aldar_lit.atomic_write import write_bytes
 from aldar_lit.data.images import DataError
 from aldar_lit.training.conditioning import encode_prompts
 
@@ -88,16 +87,7 @@ class TensorCache:
             return None
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        os.close(handle)
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_bytes(self.path(key), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def _fill(keys: Sequence[str], groups: Sequence[object], cache: TensorCache, batch_size: int, rank: int,

@@ -139,10 +139,10 @@ def export_selected(module: SDXLLoRAModule, config: TrainConfig, selection: Sele
 
 def log_adapter_artifact(trainer: L.Trainer, lora_dir: Path, summary: dict[str, Any]) -> None:
     """The exported adapter as a W&B artifact (kept in the offline run dir when W&B is offline)."""
-    import wandb
-
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
+            import wandb  # only with a W&B logger: the import is slow
+
             metadata = {k: summary[k] for k in ("base_model", "lora", "global_step", "best_step", "best_score")
                         if k in summary}
             artifact = wandb.Artifact(f"lora-{logger.experiment.id}", type="lora", metadata=metadata)
