@@ -19,7 +19,7 @@ from aldar_lit.data.images import (
 )
 
 __all__ = ["CaptionedImage", "CaptionedImageDataset", "DataError", "ScanReport",
-           "SkippedFile", "load_rgb", "scan_captioned_images", "scan_folder", "with_trigger"]
+           "SkippedFile", "load_rgb", "scan_folder", "with_trigger"]
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,6 @@ def scan_folder(root: str | Path, trigger: str, on_bad_file: str = "error", min_
         found = f" ({len(report.skipped)} skipped as bad)" if report.skipped else ""
         raise DataError(f"data.root: no usable images ({', '.join(IMAGE_SUFFIXES)}) found in {root}{found}")
     return report
-
-
-def scan_captioned_images(root: str | Path, trigger: str) -> list[CaptionedImage]:
-    """Strict scan: the first bad file raises `DataError` naming it."""
-    return scan_folder(root, trigger, on_bad_file="error").examples
 
 
 class CaptionedImageDataset(Dataset):
