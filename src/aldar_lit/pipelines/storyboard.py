@@ -27,7 +27,7 @@ from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, bas
 from aldar_lit.pipelines.outputs import write_contact_sheet, write_frame, write_html
 from aldar_lit.pipelines.poses import get_pose, render_openpose
 from aldar_lit.pipelines.story import Scene, load_story, prompt_for
-from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face
+from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
 from aldar_lit.quality.frame_qa import FrameQA, QAReport
 from aldar_lit.quality.policy import Settings, next_attempt
 
@@ -139,7 +139,7 @@ class Storyboard:
     def set_reference(self, image: Image.Image, source: str, frame: Optional[dict[str, Any]] = None) -> None:
         """Crop the face of the identity anchor; without a face, fall back to the whole image (with a warning)."""
         faces = self.face_detector.detect(image) if self.face_detector is not None else []
-        box = max(faces, key=lambda f: f.w * f.h, default=None)
+        box = largest(faces)
         self.record.manifest["identity_reference"] = {"source": source, "face": box.to_dict() if box else None,
                                                       "fallback": None if box else "whole image"}
         if box is None:
