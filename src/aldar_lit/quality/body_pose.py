@@ -6,12 +6,11 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from aldar_lit.pipelines.poses import KEYPOINT_NAMES, Keypoint, keypoints_from_mediapipe
+from aldar_lit.quality.mediapipe_tasks import base_options, to_mediapipe_image
 
 REQUIRED = ("nose", "neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip")
 LIMB_PAIRS = (("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
@@ -62,21 +61,17 @@ class MediaPipePoseDetector:
     name = "mediapipe"
 
     def __init__(self, model_path: str | os.PathLike, min_visibility: float = 0.5):
-        from mediapipe.tasks.python import BaseOptions, vision
+        from mediapipe.tasks.python import vision
 
-        path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"qa.detectors.pose_model_path: no such file {str(path)!r} (download a "
-                                    "MediaPipe pose landmarker, e.g. pose_landmarker_lite.task)")
-        options = vision.PoseLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(path)), num_poses=1)
+        options = vision.PoseLandmarkerOptions(
+            base_options=base_options(model_path, "qa.detectors.pose_model_path", "pose_landmarker_lite.task"),
+            num_poses=1,
+        )
         self._landmarker = vision.PoseLandmarker.create_from_options(options)
         self.min_visibility = min_visibility
 
     def detect(self, image: Image.Image) -> tuple[Keypoint, ...] | None:
-        import mediapipe as mp
-
-        frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(np.asarray(image.convert("RGB"))))
-        result = self._landmarker.detect(frame)
+        result = self._landmarker.detect(to_mediapipe_image(image))
         if not result.pose_landmarks:
             return None
         landmarks = [(lm.x, lm.y, lm.visibility if lm.visibility is not None else 1.0)

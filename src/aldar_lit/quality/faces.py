@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from aldar_lit.quality.mediapipe_tasks import base_options, to_mediapipe_image
 from aldar_lit.pipelines.config import DetectorConfig
 
 
@@ -69,21 +70,16 @@ class MediaPipeFaceDetector:
     name = "mediapipe"
 
     def __init__(self, model_path: str | os.PathLike, min_confidence: float = 0.5):
-        from mediapipe.tasks.python import BaseOptions, vision
+        from mediapipe.tasks.python import vision
 
-        path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"qa.detectors.face_model_path: no such file {str(path)!r} (download a MediaPipe "
-                                    "face detector, e.g. blaze_face_short_range.tflite)")
-        options = vision.FaceDetectorOptions(base_options=BaseOptions(model_asset_path=str(path)),
-                                             min_detection_confidence=min_confidence)
+        options = vision.FaceDetectorOptions(
+            base_options=base_options(model_path, "qa.detectors.face_model_path", "blaze_face_short_range.tflite"),
+            min_detection_confidence=min_confidence,
+        )
         self._detector = vision.FaceDetector.create_from_options(options)
 
     def detect(self, image: Image.Image) -> list[FaceBox]:
-        import mediapipe as mp
-
-        frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(np.asarray(image.convert("RGB"))))
-        result = self._detector.detect(frame)
+        result = self._detector.detect(to_mediapipe_image(image))
         return [FaceBox(d.bounding_box.origin_x, d.bounding_box.origin_y, d.bounding_box.width,
                         d.bounding_box.height, float(d.categories[0].score) if d.categories else 1.0)
                 for d in result.detections]
