@@ -2,8 +2,10 @@
 
 One model is built once; each variant toggles a switch on it and times `--steps` steps after
 `--warmup`, on a fixed synthetic batch (the data pipeline is benchmarked separately). Reported per
-variant: seconds per step, samples/s, peak memory and, from a FLOP count of the actual step
-(`torch.utils.flop_counter`), model-FLOPs utilisation against `--peak-tflops`.
+variant: seconds per step, samples/s, seconds per 400 steps, peak memory and model-FLOPs
+utilisation: the FLOPs of one step counted by `torch.utils.flop_counter` (without gradient
+checkpointing's recomputation, which is not model work) over time and `--peak-tflops`; on a GPU
+also over the bf16 matrix-product rate measured on the card.
 
     python benchmarks/train_step_suite.py --model tiny --device cpu --resolution 64 --rank 8   # anywhere
     python benchmarks/train_step_suite.py --model sdxl_arch --device cuda                       # the seed's recipe on a GPU
@@ -20,16 +22,21 @@ import contextlib
 import json
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import lightning as L
+import peft
 import torch
+import transformers
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from aldar_lit.atomic_write import write_json
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.models.lora import UNET
 from aldar_lit.training.module import SDXLLoRAModule
@@ -40,18 +47,24 @@ OPTIMIZERS = {
     "adamw8bit": {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True},
 }
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
-# name -> switches; applied cumulatively in this order only where noted, otherwise on the seed recipe
+# name -> switches on top of the seed recipe. Compilation cannot be undone, so the compiled variants come last.
 VARIANTS: dict[str, dict[str, Any]] = {
     "seed_recipe": {},
     "cached_latents": {"cached_latents": True},
     "gradient_checkpointing": {"gradient_checkpointing": True},
     "classic_attention": {"attention": "classic"},
     "channels_last": {"channels_last": True},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
     "adamw_fused": {"optimizer": "adamw_fused"},
     "adamw8bit": {"optimizer": "adamw8bit"},
     "text_encoders_frozen": {"train_text_encoders": False},
-    "compiled_unet": {"compile": True},  # last: compilation cannot be undone
+    "lean_memory": {"cached_latents": True, "gradient_checkpointing": True, "optimizer": "adamw8bit"},
+    "compiled_unet": {"compile": True},
+    "fastest": {"compile": True, "cached_latents": True, "optimizer": "adamw_fused", "cudnn_benchmark": True},
 }
+# switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
+# gradient checkpointing's recomputation is not model FLOPs)
+SAME_WORK = ("gradient_checkpointing", "attention", "channels_last", "cudnn_benchmark", "optimizer", "compile")
 
 
 class RepeatedBatch(Dataset):
@@ -117,9 +130,14 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         for name, param in encoder.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(train_te)
-    if switches.get("compile"):
+    if switches.get("compile") and getattr(unet, "_compiled_call_impl", None) is None:
         unet.compile()
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
+
+
+def work_signature(switches: dict[str, Any]) -> dict[str, Any]:
+    """The switches that change the model FLOPs of a step."""
+    return {k: v for k, v in switches.items() if k not in SAME_WORK}
 
 
 def autocast(device: str, precision: str):
@@ -154,17 +172,44 @@ def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> f
     return (time.perf_counter() - started) / steps
 
 
-def lightning_seconds_per_step(module, batch, device, precision, warmup, steps) -> float:
+def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, cudnn_benchmark=False) -> float:
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator=device, devices=1, precision=precision, max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=True, gradient_clip_val=1.0, callbacks=[timer], log_every_n_steps=10)
+                        enable_progress_bar=False, gradient_clip_val=1.0, callbacks=[timer], log_every_n_steps=10,
+                        benchmark=cudnn_benchmark)
     trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, warmup + steps), batch_size=None))
     return (timer.ended - timer.started) / steps
 
 
-def peak_memory_bytes() -> int | None:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_bytes() -> dict[str, int | None]:
+    if not torch.cuda.is_available():
+        return {"peak_allocated_bytes": None, "peak_reserved_bytes": None}
+    return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+
+
+def measured_matmul_tflops(device: str) -> float | None:
+    """The dense bf16 rate this GPU reaches on a large random matrix product: the practical MFU ceiling."""
+    if device != "cuda":
+        return None
+    a, b = (torch.randn(8192, 8192, device=device, dtype=torch.bfloat16) for _ in range(2))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for i in range(13):
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        if i >= 3:
+            times.append(start.elapsed_time(end) / 1e3)
+    return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
 def build_module(args: argparse.Namespace) -> SDXLLoRAModule:
@@ -179,6 +224,21 @@ def build_module(args: argparse.Namespace) -> SDXLLoRAModule:
     return module.to(args.device)
 
 
+def run_variant(module, args, precision, latent_factor, switches, step_flops) -> dict[str, Any]:
+    batch = synthetic_batch(args.batch_size, args.resolution, latent_factor, switches.get("cached_latents", False))
+    apply_switches(module, switches)
+    reset_peak_memory()
+    seconds = lightning_seconds_per_step(module, batch, args.device, precision, args.warmup, args.steps,
+                                         cudnn_benchmark=switches.get("cudnn_benchmark", False))
+    flops = step_flops[json.dumps(work_signature(switches), sort_keys=True)]
+    row = {"switches": switches, "s_per_step": seconds, "samples_per_s": args.batch_size / seconds,
+           "seconds_per_400_steps": 400 * seconds, "model_tflop_per_step": flops / 1e12,
+           "mfu": flops / seconds / (args.peak_tflops * 1e12), **peak_memory_bytes()}
+    if args.measured_tflops:
+        row["fraction_of_measured_matmul_rate"] = flops / seconds / (args.measured_tflops * 1e12)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "sdxl_arch"], default="sdxl_arch")
@@ -190,22 +250,43 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
+    parser.add_argument("--out", type=Path, help="JSON results, rewritten (atomically) after every variant")
     args = parser.parse_args()
+    unknown = set(args.variants.split(",")) - VARIANTS.keys()
+    if unknown:
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     precision = "bf16-mixed" if args.device == "cuda" else "32-true"
     torch.manual_seed(0)
 
     started = time.perf_counter()
     module = build_module(args)
     latent_factor = 2 ** (len(module.vae.config.block_out_channels) - 1)
+    args.measured_tflops = measured_matmul_tflops(args.device)
     result: dict[str, Any] = {
-        "model": args.model, "device": args.device, "precision": precision, "config": {**vars(args), "out": None},
+        "model": args.model, "device": args.device, "precision": precision,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
         "hardware": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-        "versions": {"torch": torch.__version__, "lightning": L.__version__,
-                     "cuda": torch.version.cuda, "driver": _driver_version()},
+        "measured_bf16_matmul_tflops": args.measured_tflops,
+        "versions": {"torch": torch.__version__, "lightning": L.__version__, "cuda": torch.version.cuda,
+                     "driver": _driver_version(), "diffusers": diffusers.__version__, "peft": peft.__version__,
+                     "transformers": transformers.__version__},
         "build_seconds": time.perf_counter() - started, "variants": {},
     }
+
+    def save() -> None:
+        if args.out:
+            write_json(args.out, result)
+
+    names = args.variants.split(",")
+    step_flops: dict[str, int] = {}  # work signature -> FLOPs, counted before anything is compiled
+    for name in names:
+        work = work_signature(VARIANTS[name])
+        key = json.dumps(work, sort_keys=True)
+        if key not in step_flops:
+            apply_switches(module, work)
+            batch = synthetic_batch(args.batch_size, args.resolution, latent_factor, work.get("cached_latents", False))
+            step_flops[key] = count_step_flops(module, batch, args.device, precision)
 
     recipe = synthetic_batch(args.batch_size, args.resolution, latent_factor, cached_latents=False)
     apply_switches(module, {})
@@ -216,33 +297,38 @@ def main() -> None:
     result["plain_s_per_step"] = statistics.median(plain)
     result["lightning_s_per_step"] = statistics.median(ours)
     result["lightning_over_plain"] = result["lightning_s_per_step"] / result["plain_s_per_step"]
+    print(json.dumps({k: result[k] for k in ("plain_s_per_step", "lightning_s_per_step", "lightning_over_plain")}),
+          flush=True)
+    save()
 
-    for name in args.variants.split(","):
-        switches = VARIANTS[name]
-        batch = synthetic_batch(args.batch_size, args.resolution, latent_factor, switches.get("cached_latents", False))
-        apply_switches(module, switches)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        flops = count_step_flops(module, batch, args.device, precision)
-        seconds = lightning_seconds_per_step(module, batch, args.device, precision, args.warmup, args.steps)
-        result["variants"][name] = {
-            "switches": switches, "s_per_step": seconds, "samples_per_s": args.batch_size / seconds,
-            "step_tflop": flops / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
-            "peak_memory_bytes": peak_memory_bytes(),
-        }
+    for name in names:
+        try:
+            result["variants"][name] = run_variant(module, args, precision, latent_factor, VARIANTS[name], step_flops)
+        except Exception as error:  # noqa: BLE001 - one failing switch (OOM, a compiler error) must not lose the rest
+            result["variants"][name] = {"switches": VARIANTS[name], "error": f"{type(error).__name__}: {error}"[:2000]}
+            module.zero_grad(set_to_none=True)
+            reset_peak_memory()
         print(json.dumps({name: result["variants"][name]}), flush=True)
+        save()
+    print(summary_table(result))
 
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+def summary_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['hardware']}: Lightning/plain = {result['lightning_over_plain']:.3f}",
+             f"{'variant':24s} {'s/step':>8s} {'400 steps':>10s} {'MFU':>6s} {'peak GiB':>9s}"]
+    for name, row in result["variants"].items():
+        if "error" in row:
+            lines.append(f"{name:24s} {row['error'][:80]}")
+            continue
+        peak = row["peak_allocated_bytes"]
+        lines.append(f"{name:24s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {row['mfu']:6.1%} "
+                     f"{peak / 2**30 if peak else float('nan'):9.1f}")
+    return "\n".join(lines)
 
 
 def _driver_version() -> str | None:
     if not torch.cuda.is_available():
         return None
-    import subprocess
-
     query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
     return subprocess.run(query, capture_output=True, text=True).stdout.strip() or None
 

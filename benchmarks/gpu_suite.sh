@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every GPU check in one go (about 8 minutes on one H100/H200), results under OUT_DIR:
+#   tests     - the CUDA-only tests (pytest -m gpu)
+#   steps     - benchmarks/train_step_suite.py on the full-size SDXL architecture: the seed's recipe,
+#               Lightning vs the plain loop, and each speed/memory switch
+#   train400  - python train.py for 400 steps of the seed's recipe on the full-size architecture
+#               (demo images at 1024 px, no validation): the whole run, data and export included
+# Usage: bash benchmarks/gpu_suite.sh OUT_DIR [STAGE...]   (default: all stages)
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [tests|steps|train400 ...]}
+shift
+stages=${*:-tests steps train400}
+mkdir -p "$out"
+work=$(mktemp -d)  # caches and the training run: large files stay out of OUT_DIR
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 ALDAR_LIT_CACHE=${ALDAR_LIT_CACHE:-$work/cache}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.csv"
+status=0
+
+for stage in $stages; do
+  started=$(date +%s)
+  case $stage in
+    tests)
+      $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log" ;;
+    steps)
+      timeout "${STEPS_TIMEOUT:-420}" $py benchmarks/train_step_suite.py --model sdxl_arch --device cuda \
+        --warmup 5 --steps 15 --repeats 2 --out "$out/train_step_sdxl_arch.json" 2>&1 | tee "$out/steps.log" ;;
+    train400)
+      timeout "${TRAIN_TIMEOUT:-300}" $py train.py experiment=aldar_kose model=sdxl_arch \
+        data=demo data.demo.size=1024 callbacks=none logger=csv trainer.max_steps=400 \
+        checkpoint.every_n_train_steps=400 'checkpoint.at_steps=[]' "hydra.run.dir=$work/train400" \
+        2>&1 | tee "$out/train400.log" && cp "$work/train400/summary.json" "$out/train400_summary.json" ;;
+    *)
+      echo "unknown stage $stage (tests, steps, train400)" >&2; exit 2 ;;
+  esac
+  code=$?
+  echo "stage $stage: exit $code in $(( $(date +%s) - started )) s" | tee -a "$out/stages.txt"
+  [ "$code" -eq 0 ] || status=$code
+done
+exit $status
