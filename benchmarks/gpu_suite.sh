@@ -3,7 +3,7 @@
 #   tests     - the CUDA-only tests (pytest -m gpu)
 #   steps     - benchmarks/train_step_suite.py on the full-size SDXL architecture: the seed's recipe,
 #               Lightning vs the plain loop, and each speed/memory switch
-#   train400  - python train.py for 400 steps of the seed's recipe on the full-size architecture
+#   train400  - python train.py for 400 (TRAIN_STEPS) steps of the seed's recipe on the full-size architecture
 #               (demo images at 1024 px, no validation): the whole run, data and export included
 # Usage: bash benchmarks/gpu_suite.sh OUT_DIR [STAGE...]   (default: all stages)
 set -uo pipefail
@@ -24,10 +24,11 @@ for stage in $stages; do
       $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log" ;;
     steps)
       timeout "${STEPS_TIMEOUT:-420}" $py benchmarks/train_step_suite.py --model sdxl_arch --device cuda \
-        --warmup 5 --steps 15 --repeats 2 --out "$out/train_step_sdxl_arch.json" 2>&1 | tee "$out/steps.log" ;;
+        ${STEPS_ARGS:---warmup 5 --steps 15 --repeats 2} --profile --out "$out/train_step_sdxl_arch.json" \
+        2>&1 | tee "$out/steps.log" ;;
     train400)
       timeout "${TRAIN_TIMEOUT:-300}" $py train.py experiment=aldar_kose model=sdxl_arch \
-        data=demo data.demo.size=1024 callbacks=none logger=csv trainer.max_steps=400 \
+        data=demo data.demo.size=1024 callbacks=none logger=csv "trainer.max_steps=${TRAIN_STEPS:-400}" \
         checkpoint.every_n_train_steps=400 'checkpoint.at_steps=[]' "hydra.run.dir=$work/train400" \
         2>&1 | tee "$out/train400.log" && cp "$work/train400/summary.json" "$out/train400_summary.json" ;;
     *)

@@ -34,6 +34,7 @@ import torch
 import transformers
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch.utils.data import DataLoader, Dataset
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from aldar_lit.atomic_write import write_json
@@ -121,8 +122,13 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         unet.enable_gradient_checkpointing()
     else:
         unet.disable_gradient_checkpointing()
-    unet.set_attn_processor(AttnProcessor() if switches.get("attention") == "classic" else AttnProcessor2_0())
-    unet.to(memory_format=torch.channels_last if switches.get("channels_last") else torch.contiguous_format)
+    # change only what differs: replacing processors or re-laying out weights would make a compiled UNet recompile
+    processor = AttnProcessor if switches.get("attention") == "classic" else AttnProcessor2_0
+    if any(type(p) is not processor for p in unet.attn_processors.values()):
+        unet.set_attn_processor(processor())
+    channels_last = bool(switches.get("channels_last"))
+    if unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) != channels_last:
+        unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     train_te = switches.get("train_text_encoders", True)
     module.lora_cfg.train_text_encoders = train_te
     module.trained_parts = tuple(part for part in ("unet", "text_encoder", "text_encoder_2") if train_te or part == UNET)
@@ -179,7 +185,28 @@ def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, 
                         enable_progress_bar=False, gradient_clip_val=1.0, callbacks=[timer], log_every_n_steps=10,
                         benchmark=cudnn_benchmark)
     trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, warmup + steps), batch_size=None))
+    module.to(device)  # Lightning's teardown moved the model to the CPU
     return (timer.ended - timer.started) / steps
+
+
+def profile_step(module, batch, device, precision, top: int = 20) -> list[dict[str, Any]]:
+    """Where a step's time goes: the `top` operators by self time (GPU time on CUDA), per step."""
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    steps = 2
+    with profile(activities=activities) as profiler:
+        for step in range(steps):
+            with autocast(device, precision):
+                loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step))
+            loss.backward()
+        _synchronize()
+    module.zero_grad(set_to_none=True)
+    attribute = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = [e for e in profiler.key_averages() if getattr(e, attribute) > 0]
+    total = sum(getattr(e, attribute) for e in events)
+    events.sort(key=lambda e: getattr(e, attribute), reverse=True)
+    return [{"op": e.key, "ms_per_step": getattr(e, attribute) / 1e3 / steps, "share": getattr(e, attribute) / total,
+             "calls_per_step": e.count / steps} for e in events[:top]]
 
 
 def reset_peak_memory() -> None:
@@ -251,6 +278,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
+    parser.add_argument("--profile", action="store_true", help="record the seed recipe's most expensive operators")
     parser.add_argument("--out", type=Path, help="JSON results, rewritten (atomically) after every variant")
     args = parser.parse_args()
     unknown = set(args.variants.split(",")) - VARIANTS.keys()
@@ -300,6 +328,9 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("plain_s_per_step", "lightning_s_per_step", "lightning_over_plain")}),
           flush=True)
     save()
+    if args.profile:
+        result["seed_recipe_profile"] = profile_step(module, recipe, args.device, precision)
+        save()
 
     for name in names:
         try:
