@@ -58,3 +58,11 @@ def test_missing_data_root_names_the_key() -> None:
 def test_bad_values_name_their_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: "):
         compose_train("experiment=quickstart", override)
+
+
+def test_fused_optimizer_with_clipping_under_mixed_precision_fails_before_training() -> None:
+    with pytest.raises(ConfigError, match="^optim.optimizer.fused: .*gradient_clip_val=null"):
+        compose_train("experiment=quickstart", "+optim.optimizer.fused=true", "trainer.precision=bf16-mixed")
+    unclipped = compose_train("experiment=quickstart", "+optim.optimizer.fused=true", "trainer.precision=bf16-mixed",
+                              "trainer.gradient_clip_val=null")
+    assert unclipped.optim.optimizer["fused"] is True

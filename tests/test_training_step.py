@@ -172,3 +172,11 @@ def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
 
     with pytest.raises(ConfigError, match="^model.compile_unet: must be a torch.compile backend"):
         replace(tiny_model_config, compile_unet="warp-drive")
+
+
+def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_model_config) -> None:
+    batch = {"index": torch.tensor([3, 7]), "pixel_values": torch.zeros(2, 3, 8, 8), "caption": ["a", "b"]}
+    moved = make_module(tiny_model_config).transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["pixel_values"].device.type == "meta"
+    assert moved["index"].device.type == "cpu" and moved["index"].tolist() == [3, 7]
+    assert moved["caption"] == ["a", "b"]

@@ -276,6 +276,10 @@ class TrainConfig:
         if self.validation.enabled:
             require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
                      "validation.enabled needs at least one prompt")
+        clipped_mixed = self.trainer.get("gradient_clip_val") and str(self.trainer.get("precision")).endswith("-mixed")
+        require(not (self.optim.optimizer.get("fused") and clipped_mixed), "optim.optimizer.fused",
+                "Lightning cannot clip the gradients of a fused optimizer under mixed precision; "
+                "drop it or set trainer.gradient_clip_val=null")
         require(self.validation.enabled or not self.optimized_metric.startswith("val/"), "optimized_metric",
                  f"{self.optimized_metric!r} is logged only with validation.enabled=true (callbacks=validation)")
 

@@ -91,6 +91,13 @@ class SDXLLoRAModule(L.LightningModule):
         return [torch.Generator(device=self.device).manual_seed(hash((self.seed, self.global_step, i)) % 2**63)
                 for i in indices.tolist()]
 
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> Any:
+        """Dataset indices stay on the host: they only seed the per-sample generators, and reading them
+        back from the GPU would make every step wait for the previous one to finish."""
+        moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k != "index"}, device,
+                                                 dataloader_idx)
+        return {**moved, "index": batch["index"]} if "index" in batch else moved
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch, self.sample_generators(batch["index"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
