@@ -34,6 +34,7 @@ import torch
 import transformers
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch.utils.data import DataLoader, Dataset
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -161,7 +162,7 @@ def autocast(device: str, precision: str):
 
 
 def count_step_flops(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> int:
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
     with FlopCounterMode(display=False) as counter, autocast(device, precision):
         module.compute_loss(batch, torch.Generator(device).manual_seed(0)).backward()
     module.zero_grad(set_to_none=True)
@@ -169,7 +170,7 @@ def count_step_flops(module: SDXLLoRAModule, batch: dict[str, Any], device: str,
 
 
 def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> float:
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     for step in range(warmup + steps):
@@ -198,24 +199,34 @@ def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, 
     return (timer.ended - timer.started) / steps
 
 
-def profile_step(module, batch, device, precision, top: int = 20) -> list[dict[str, Any]]:
-    """Where a step's time goes: the `top` operators by self time (GPU time on CUDA), per step."""
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+def profile_step(module, batch, device, precision, top: int = 20) -> dict[str, Any]:
+    """Where a step's time goes: wall time, GPU kernel time (its ratio to wall time is how busy the GPU
+    is) and the `top` operators by the time of the work they launch themselves, per step."""
+    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     steps = 2
     with profile(activities=activities) as profiler:
+        started = time.perf_counter()
         for step in range(steps):
             with autocast(device, precision):
                 loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step))
             loss.backward()
         _synchronize()
+        wall = time.perf_counter() - started
     module.zero_grad(set_to_none=True)
     attribute = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = [e for e in profiler.key_averages() if getattr(e, attribute) > 0]
-    total = sum(getattr(e, attribute) for e in events)
-    events.sort(key=lambda e: getattr(e, attribute), reverse=True)
-    return [{"op": e.key, "ms_per_step": getattr(e, attribute) / 1e3 / steps, "share": getattr(e, attribute) / total,
-             "calls_per_step": e.count / steps} for e in events[:top]]
+    rows = profiler.key_averages()
+    operators = [e for e in rows if e.device_type == DeviceType.CPU and getattr(e, attribute) > 0]
+    total = sum(getattr(e, attribute) for e in operators)
+    operators.sort(key=lambda e: getattr(e, attribute), reverse=True)
+    kernels_us = sum(e.self_device_time_total for e in rows if e.device_type == DeviceType.CUDA)
+    return {
+        "wall_ms_per_step": wall * 1e3 / steps,  # under the profiler, so slower than unprofiled steps
+        "gpu_kernel_ms_per_step": kernels_us / 1e3 / steps if device == "cuda" else None,
+        "operators": [{"op": e.key, "ms_per_step": getattr(e, attribute) / 1e3 / steps,
+                       "share": getattr(e, attribute) / total, "calls_per_step": e.count / steps}
+                      for e in operators[:top]],
+    }
 
 
 def reset_peak_memory() -> None:
