@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one go (about 8 minutes on one H100/H200), results under OUT_DIR:
+# Every GPU check in one go, results under OUT_DIR (tests + steps: about 7 minutes on one H200; train400: 5 more):
 #   tests     - the CUDA-only tests (pytest -m gpu)
 #   steps     - benchmarks/train_step_suite.py on the full-size SDXL architecture: the seed's recipe,
 #               Lightning vs the plain loop, and each speed/memory switch
@@ -16,6 +16,9 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 ALDAR_LIT_CACHE=${ALDAR_LIT_CACHE:-$work/cache}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.csv"
 status=0
+# the switches still open after the first H200 run (benchmarks/results/train_step_sdxl_arch_h200.json);
+# STEPS_VARIANTS=all runs every one
+next_variants=seed_recipe,cached_latents,text_encoders_frozen,adamw_fused,lean_memory,compiled_unet,fastest
 
 for stage in $stages; do
   started=$(date +%s)
@@ -24,7 +27,8 @@ for stage in $stages; do
       $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log" ;;
     steps)
       timeout "${STEPS_TIMEOUT:-420}" $py benchmarks/train_step_suite.py --model sdxl_arch --device cuda \
-        ${STEPS_ARGS:---warmup 5 --steps 15 --repeats 2} --profile --out "$out/train_step_sdxl_arch.json" \
+        ${STEPS_ARGS:---warmup 3 --steps 15 --repeats 2} --variants "${STEPS_VARIANTS:-$next_variants}" \
+        --profile --out "$out/train_step_sdxl_arch.json" \
         2>&1 | tee "$out/steps.log" ;;
     train400)
       timeout "${TRAIN_TIMEOUT:-300}" $py train.py experiment=aldar_kose model=sdxl_arch \

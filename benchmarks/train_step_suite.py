@@ -297,11 +297,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="all", help=f"comma-separated, or all: {','.join(VARIANTS)}")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
     parser.add_argument("--profile", action="store_true", help="record the seed recipe's most expensive operators")
     parser.add_argument("--out", type=Path, help="JSON results, rewritten (atomically) after every variant")
     args = parser.parse_args()
+    if args.variants == "all":
+        args.variants = ",".join(VARIANTS)
     unknown = set(args.variants.split(",")) - VARIANTS.keys()
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {sorted(VARIANTS)}")
