@@ -42,6 +42,7 @@ def test_out_of_memory_is_reraised_with_settings_that_fit() -> None:
     for override in ("data.batch_size=2 +trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true",
                      "optim=adamw8bit", "lora.train_text_encoders=false"):
         assert override in message
+    assert memory_advice(config)[0].startswith("model.gradient_checkpointing=true")  # the largest measured saving
 
 
 def test_memory_advice_leaves_out_what_is_already_on() -> None:
