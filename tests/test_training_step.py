@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning as L
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
@@ -180,3 +183,36 @@ def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_mod
     assert moved["pixel_values"].device.type == "meta"
     assert moved["index"].device.type == "cpu" and moved["index"].tolist() == [3, 7]
     assert moved["caption"] == ["a", "b"]
+
+
+class CountCasts(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.casts += func.overloadpacket is torch.ops.aten._to_copy
+        return func(*args, **(kwargs or {}))
+
+
+def test_under_autocast_lora_inputs_are_not_cast_to_fp32_and_back(tiny_model_config, two_images) -> None:
+    module = make_module(replace(tiny_model_config, dtype="bfloat16"))
+    module.configure_model()
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+
+    def loss_and_grads(compute) -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        module.zero_grad(set_to_none=True)
+        with CountCasts() as counter, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = compute(batch, torch.Generator().manual_seed(0))
+            loss.backward()
+        return loss.detach(), [p.grad.clone() for p in module.parameters() if p.requires_grad], counter.casts
+
+    peft_casting = loss_and_grads(module._loss)  # peft's own behaviour: every LoRA input cast to fp32
+    ours = loss_and_grads(module.compute_loss)
+    torch.testing.assert_close(ours[0], peft_casting[0], rtol=0, atol=0)
+    for got, expected in zip(ours[1], peft_casting[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    adapted_layers = sum("lora_A" in name for name, _ in module.named_parameters())
+    assert ours[2] <= peft_casting[2] - 2 * adapted_layers  # one cast forward, one backward, per adapted layer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from typing import Any
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from hydra.utils import instantiate
+from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
@@ -107,6 +109,15 @@ class SDXLLoRAModule(L.LightningModule):
         """`batch` holds `pixel_values` or cached `latent_dist` (VAE posterior parameters), and may hold
         cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`). Every random
         draw comes from `generator`, or from one generator per sample (diffusers' `randn_tensor` rule)."""
+        with contextlib.ExitStack() as stack:
+            if torch.is_autocast_enabled(self.device.type):
+                # peft casts each LoRA input to the adapters' fp32 and autocast casts it straight back: two
+                # activation-sized copies per adapted layer and step, with the same result as none
+                for part in self.trained_modules().values():
+                    stack.enter_context(disable_input_dtype_casting(part))
+            return self._loss(batch, generator)
+
+    def _loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
         with torch.no_grad():
             if "latent_dist" in batch:
                 posterior = DiagonalGaussianDistribution(batch["latent_dist"].to(self.vae.dtype))
