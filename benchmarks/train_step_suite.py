@@ -259,16 +259,16 @@ def measured_matmul_tflops(device: str) -> float | None:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def build_module(args: argparse.Namespace) -> SDXLLoRAModule:
-    spec = {"tiny": "tiny", "sdxl_arch": "sdxl"}[args.model]
-    dtype = "bfloat16" if args.device == "cuda" else "float32"
-    model = ModelConfig(name=args.model, pretrained=f"random-init:{spec}", random_init=spec, materialise=False,
+def build_module(model_name: str, rank: int, device: str, dtype: str) -> SDXLLoRAModule:
+    """The module with `model_name`'s architecture and random weights: frozen weights in `dtype`, LoRA in fp32."""
+    spec = {"tiny": "tiny", "sdxl_arch": "sdxl"}[model_name]
+    model = ModelConfig(name=model_name, pretrained=f"random-init:{spec}", random_init=spec, materialise=False,
                         dtype=dtype)
-    module = SDXLLoRAModule(model, LoraConfig(rank=args.rank, alpha=float(args.rank)),
+    module = SDXLLoRAModule(model, LoraConfig(rank=rank, alpha=float(rank)),
                             OptimConfig(optimizer=OPTIMIZERS["adamw"], scheduler=CONSTANT), ObjectiveConfig())
-    with torch.device(args.device):  # build the weights where they will live
+    with torch.device(device):  # build the weights where they will live
         module.configure_model()
-    return module.to(args.device)
+    return module.to(device)
 
 
 def run_variant(module, args, precision, latent_factor, switches, step_flops) -> dict[str, Any]:
@@ -311,7 +311,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     started = time.perf_counter()
-    module = build_module(args)
+    module = build_module(args.model, args.rank, args.device, "bfloat16" if args.device == "cuda" else "float32")
     latent_factor = 2 ** (len(module.vae.config.block_out_channels) - 1)
     args.measured_tflops = measured_matmul_tflops(args.device)
     result: dict[str, Any] = {

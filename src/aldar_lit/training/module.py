@@ -110,7 +110,8 @@ class SDXLLoRAModule(L.LightningModule):
         cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`). Every random
         draw comes from `generator`, or from one generator per sample (diffusers' `randn_tensor` rule)."""
         with contextlib.ExitStack() as stack:
-            if torch.is_autocast_enabled(self.device.type):
+            device = self.device.type
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
                 # peft casts each LoRA input to the adapters' fp32 and autocast casts it straight back: two
                 # activation-sized copies per adapted layer and step, with the same result as none
                 for part in self.trained_modules().values():
