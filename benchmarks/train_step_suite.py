@@ -63,12 +63,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "text_encoders_frozen": {"train_text_encoders": False},
     "lean_memory": {"cached_latents": True, "gradient_checkpointing": True, "optimizer": "adamw8bit"},
     "compiled_unet": {"compile": True},
-    "fastest": {"compile": True, "cached_latents": True, "optimizer": "adamw_fused", "gradient_clip_val": None},
+    "compiled_all": {"compile": True, "compile_text_encoders": True},
+    "fastest": {"compile": True, "compile_text_encoders": True, "cached_latents": True},
 }
 # switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
 # gradient checkpointing's recomputation is not model FLOPs)
 SAME_WORK = ("gradient_checkpointing", "attention", "channels_last", "cudnn_benchmark", "optimizer", "compile",
-             "gradient_clip_val")
+             "compile_text_encoders", "gradient_clip_val")
 
 
 class RepeatedBatch(Dataset):
@@ -145,8 +146,12 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         for name, param in encoder.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(train_te)
-    if switches.get("compile") and getattr(unet, "_compiled_call_impl", None) is None:
-        unet.compile()
+    compiled = [unet] if switches.get("compile") else []
+    if switches.get("compile_text_encoders"):
+        compiled += [module.text_encoder, module.text_encoder_2]
+    for part in compiled:
+        if getattr(part, "_compiled_call_impl", None) is None:
+            part.compile()
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
 
 

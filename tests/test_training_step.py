@@ -147,14 +147,14 @@ def test_optimizers_and_cosine_schedule_step(tiny_model_config, two_images, opti
     assert all(not torch.equal(after[n], before[n]) for n in before)
 
 
-def test_channels_last_and_compiled_unet_train_the_same_adapters(tiny_model_config, two_images) -> None:
+def test_channels_last_and_compiled_parts_train_the_same_adapters(tiny_model_config, two_images) -> None:
     from dataclasses import replace
 
     data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
     data.setup()
     batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
     results = []
-    for switches in ({}, {"channels_last": True}, {"compile_unet": "eager"}):
+    for switches in ({}, {"channels_last": True}, {"compile_unet": "eager", "compile_text_encoders": "eager"}):
         module = make_module(replace(tiny_model_config, **switches))
         module.configure_model()
         loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
@@ -175,6 +175,8 @@ def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
 
     with pytest.raises(ConfigError, match="^model.compile_unet: must be a torch.compile backend"):
         replace(tiny_model_config, compile_unet="warp-drive")
+    with pytest.raises(ConfigError, match="^model.compile_text_encoders: must be a torch.compile backend"):
+        replace(tiny_model_config, compile_text_encoders="warp-drive")
 
 
 def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_model_config) -> None:

@@ -46,15 +46,18 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     channels_last: bool = False  # UNet activations in NHWC (faster convolutions on recent GPUs)
     compile_unet: Optional[str] = None  # a torch.compile backend for the UNet, e.g. "inductor"
+    compile_text_encoders: Optional[str] = None  # the same for both text encoders
 
     def __post_init__(self) -> None:
         require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
-        if self.compile_unet is not None:
-            import torch._dynamo
+        for key in ("compile_unet", "compile_text_encoders"):
+            backend = getattr(self, key)
+            if backend is not None:
+                import torch._dynamo
 
-            backends = torch._dynamo.list_backends(exclude_tags=())
-            require(self.compile_unet in backends, "model.compile_unet",
-                    f"must be a torch.compile backend {backends} or null, got {self.compile_unet!r}")
+                backends = torch._dynamo.list_backends(exclude_tags=())
+                require(backend in backends, f"model.{key}",
+                        f"must be a torch.compile backend {backends} or null, got {backend!r}")
         require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:

@@ -71,6 +71,9 @@ class SDXLLoRAModule(L.LightningModule):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
         if self.model_cfg.compile_unet is not None:
             self.unet.compile(backend=self.model_cfg.compile_unet)  # in place: parameter names unchanged
+        if self.model_cfg.compile_text_encoders is not None:
+            for encoder in (self.text_encoder, self.text_encoder_2):
+                encoder.compile(backend=self.model_cfg.compile_text_encoders)
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
