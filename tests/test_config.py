@@ -66,3 +66,15 @@ def test_fused_optimizer_with_clipping_under_mixed_precision_fails_before_traini
     unclipped = compose_train("experiment=quickstart", "+optim.optimizer.fused=true", "trainer.precision=bf16-mixed",
                               "trainer.gradient_clip_val=null")
     assert unclipped.optim.optimizer["fused"] is True
+
+
+def test_progress_bar_reads_metrics_every_n_steps_only(tmp_path) -> None:
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from aldar_lit.training.run import build_trainer
+
+    trainer = build_trainer(compose_train("experiment=quickstart", "progress_every_n_steps=25"), tmp_path, [])
+    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)
+    assert trainer.progress_bar_callback.refresh_rate == 25
+    with pytest.raises(ConfigError, match="^progress_every_n_steps: "):
+        compose_train("experiment=quickstart", "progress_every_n_steps=0")

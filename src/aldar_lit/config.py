@@ -271,6 +271,8 @@ class TrainConfig:
     seed: int = 0
     ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint
     optimized_metric: str = "train/loss"  # what train.py returns to a Hydra sweeper
+    # progress-bar refresh, in steps: each refresh reads the loss back from the GPU, which stalls the step
+    progress_every_n_steps: int = 10
     experiment: Optional[str] = None  # set by experiment configs, for logs
 
     def __post_init__(self) -> None:
@@ -279,6 +281,8 @@ class TrainConfig:
         if self.validation.enabled:
             require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
                      "validation.enabled needs at least one prompt")
+        require(self.progress_every_n_steps >= 1, "progress_every_n_steps",
+                f"must be a positive integer, got {self.progress_every_n_steps}")
         clipped_mixed = self.trainer.get("gradient_clip_val") and str(self.trainer.get("precision")).endswith("-mixed")
         require(not (self.optim.optimizer.get("fused") and clipped_mixed), "optim.optimizer.fused",
                 "Lightning cannot clip the gradients of a fused optimizer under mixed precision; "

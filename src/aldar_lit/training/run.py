@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class, get_method, instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -100,6 +100,9 @@ def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[C
     if config.checkpoint.at_steps:
         callbacks.append(StepCheckpoint(config.checkpoint.at_steps, output_dir / "checkpoints",
                                         config.checkpoint.every_n_train_steps))
+    if config.trainer.get("enable_progress_bar", True):
+        # not Rich's bar, which reads the metrics back from the GPU after every step whatever its refresh rate
+        callbacks.append(TQDMProgressBar(refresh_rate=config.progress_every_n_steps))
     loggers = [instantiate(spec) for spec in config.logger.values()]
     return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir)
 
