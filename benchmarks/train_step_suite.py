@@ -24,6 +24,8 @@ import platform
 import statistics
 import subprocess
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,9 @@ import peft
 import torch
 import transformers
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from torch.utils.data import DataLoader, Dataset
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from aldar_lit.atomic_write import write_json
@@ -234,6 +236,26 @@ def profile_step(module, batch, device, precision, top: int = 20) -> dict[str, A
     }
 
 
+def host_syncs(module, batch, device, precision) -> dict[str, Any] | None:
+    """The operations of one forward + backward that make the host wait for the GPU, by source line."""
+    if device != "cuda":
+        return None
+    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with autocast(device, precision):
+                loss = module.compute_loss(batch, module.sample_generators(batch["index"]))
+            loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    module.zero_grad(set_to_none=True)
+    sites = Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return {"count": sum(sites.values()), "sites": dict(sites.most_common(10))}
+
+
 def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -304,7 +326,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe")
     parser.add_argument("--variants", default="all", help=f"comma-separated, or all: {','.join(VARIANTS)}")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
-    parser.add_argument("--profile", action="store_true", help="record the seed recipe's most expensive operators")
+    parser.add_argument("--profile", action="store_true",
+                        help="record the seed recipe's most expensive operators and, on CUDA, its host syncs")
     parser.add_argument("--out", type=Path, help="JSON results, rewritten (atomically) after every variant")
     args = parser.parse_args()
     if args.variants == "all":
@@ -358,6 +381,7 @@ def main() -> None:
     save()
     if args.profile:
         result["seed_recipe_profile"] = profile_step(module, recipe, args.device, precision)
+        result["seed_recipe_host_syncs"] = host_syncs(module, recipe, args.device, precision)
         save()
 
     for name in names:
