@@ -14,12 +14,18 @@ from test_config import compose_train
 from test_train_script import train
 
 
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
 @pytest.mark.slow
-def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path: Path, cache_dir) -> None:
+@pytest.mark.parametrize("launcher", [(), TORCHRUN], ids=["lightning-launcher", "torchrun"])
+def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path: Path, cache_dir,
+                                                                           launcher) -> None:
     common = ["trainer.max_steps=3", "checkpoint.every_n_train_steps=null"]
     train(tmp_path / "one", *common, "data.batch_size=4")
+    # under torchrun Lightning finds its cluster environment and starts no processes of its own
     train(tmp_path / "two", *common, "data.batch_size=2", "trainer=ddp", "trainer.accelerator=cpu",
-          "trainer.devices=2", "trainer.precision=32-true")
+          "trainer.devices=2", "trainer.precision=32-true", launcher=launcher)
     for run in ("one", "two"):
         assert json.loads((tmp_path / run / "summary.json").read_text())["global_step"] == 3
     single = load_file(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")

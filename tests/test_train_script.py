@@ -17,9 +17,12 @@ TINY = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.resolutio
 SMALL_DEMO = ["data.demo.num_images=8", "data.demo.size=64"]
 
 
-def train(run_dir: Path, *overrides: str, check: bool = True, demo: bool = True) -> subprocess.CompletedProcess:
+def train(run_dir: Path, *overrides: str, check: bool = True, demo: bool = True,
+          launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`python [launcher] train.py ...`, e.g. launcher=("-m", "torch.distributed.run", ...) for torchrun."""
     result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *TINY, *(SMALL_DEMO if demo else []), *overrides],
+        [sys.executable, *launcher, "train.py", f"hydra.run.dir={run_dir}", *TINY, *(SMALL_DEMO if demo else []),
+         *overrides],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     if check:
