@@ -1,8 +1,11 @@
-"""Scale-out behaviour on the CPU: DDP over 2 processes (gloo) and the out-of-memory advice."""
+"""Scale-out behaviour on the CPU: DDP over 2 processes (gloo) started by Lightning, torchrun or SLURM, the
+out-of-memory advice, SLURM sweeps."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,26 +13,51 @@ import torch
 from safetensors.torch import load_file
 
 from aldar_lit.training.run import memory_advice, out_of_memory_advice
+from conftest import REPO_ROOT
 from test_config import compose_train
-from test_train_script import train
-
+from test_train_script import train, train_command
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+COMMON = ("trainer.max_steps=3", "checkpoint.every_n_train_steps=null")
+TWO_RANKS = ("data.batch_size=2", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+             "trainer.precision=32-true")
+
+
+def train_as_slurm_tasks(run_dir: Path, *overrides: str, tasks: int = 2) -> None:
+    """What `srun --ntasks=2 python train.py ...` starts: one process per task, told its rank by SLURM."""
+    job = {"SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks), "SLURM_NNODES": "1",
+           "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "aldar"}
+    processes = [
+        subprocess.Popen(train_command(run_dir, *overrides), cwd=REPO_ROOT, text=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE,
+                         env={**os.environ, **job, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
+        for rank in range(tasks)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, cache_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("one")
+    train(run_dir, *COMMON, "data.batch_size=4")
+    return run_dir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [(), TORCHRUN], ids=["lightning-launcher", "torchrun"])
-def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(tmp_path: Path, cache_dir,
-                                                                           launcher) -> None:
-    common = ["trainer.max_steps=3", "checkpoint.every_n_train_steps=null"]
-    train(tmp_path / "one", *common, "data.batch_size=4")
-    # under torchrun Lightning finds its cluster environment and starts no processes of its own
-    train(tmp_path / "two", *common, "data.batch_size=2", "trainer=ddp", "trainer.accelerator=cpu",
-          "trainer.devices=2", "trainer.precision=32-true", launcher=launcher)
-    for run in ("one", "two"):
-        assert json.loads((tmp_path / run / "summary.json").read_text())["global_step"] == 3
-    single = load_file(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
-    ddp = load_file(tmp_path / "two" / "lora" / "pytorch_lora_weights.safetensors")
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun", "slurm"])
+def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(one_process_run: Path, tmp_path: Path,
+                                                                           launcher: str) -> None:
+    # under torchrun and SLURM, Lightning finds its cluster environment and starts no processes of its own
+    if launcher == "slurm":
+        train_as_slurm_tasks(tmp_path, *COMMON, *TWO_RANKS)
+    else:
+        train(tmp_path, *COMMON, *TWO_RANKS, launcher=TORCHRUN if launcher == "torchrun" else ())
+    for run in (one_process_run, tmp_path):
+        assert json.loads((run / "summary.json").read_text())["global_step"] == 3
+    single = load_file(one_process_run / "lora" / "pytorch_lora_weights.safetensors")
+    ddp = load_file(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
     assert single.keys() == ddp.keys()
     changed = 0
     for key in single:
@@ -62,7 +90,6 @@ def test_sweeps_can_launch_on_slurm_through_submitit() -> None:
     from hydra import compose, initialize_config_dir
 
     from aldar_lit.config import register_configs
-    from conftest import REPO_ROOT
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):

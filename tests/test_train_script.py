@@ -17,14 +17,16 @@ TINY = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.resolutio
 SMALL_DEMO = ["data.demo.num_images=8", "data.demo.size=64"]
 
 
+def train_command(run_dir: Path, *overrides: str, demo: bool = True, launcher: tuple[str, ...] = ()) -> list[str]:
+    """`python [launcher] train.py ...` on the tiny recipe, e.g. launcher=("-m", "torch.distributed.run", ...)."""
+    return [sys.executable, *launcher, "train.py", f"hydra.run.dir={run_dir}", *TINY, *(SMALL_DEMO if demo else []),
+            *overrides]
+
+
 def train(run_dir: Path, *overrides: str, check: bool = True, demo: bool = True,
           launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`python [launcher] train.py ...`, e.g. launcher=("-m", "torch.distributed.run", ...) for torchrun."""
-    result = subprocess.run(
-        [sys.executable, *launcher, "train.py", f"hydra.run.dir={run_dir}", *TINY, *(SMALL_DEMO if demo else []),
-         *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )
+    result = subprocess.run(train_command(run_dir, *overrides, demo=demo, launcher=launcher),
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
