@@ -176,16 +176,23 @@ def count_step_flops(module: SDXLLoRAModule, batch: dict[str, Any], device: str,
     return counter.get_total_flops()
 
 
+def batches(batch: dict[str, Any], count: int, device: str) -> DataLoader:
+    """The same batch `count` times, through a DataLoader that pins memory on CUDA as the training data does:
+    both loops below copy it to the device every step."""
+    return DataLoader(RepeatedBatch(batch, count), batch_size=None, pin_memory=device == "cuda")
+
+
 def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> float:
-    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    for step in range(warmup + steps):
+    for step, host_batch in enumerate(batches(batch, warmup + steps, device)):
         if step == warmup:
             _synchronize()
             started = time.perf_counter()
+        on_device = module.transfer_batch_to_device(host_batch, torch.device(device), 0)
+        generators = module.sample_generators(on_device["index"] + step * len(on_device["index"]))
         with autocast(device, precision):
-            loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step * len(batch["index"])))
+            loss = module.compute_loss(on_device, generators)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -201,7 +208,7 @@ def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, 
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False, gradient_clip_val=gradient_clip_val, callbacks=[timer],
                         log_every_n_steps=10, benchmark=cudnn_benchmark)
-    trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, warmup + steps), batch_size=None))
+    trainer.fit(module, train_dataloaders=batches(batch, warmup + steps, device))
     module.to(device)  # Lightning's teardown moved the model to the CPU
     return (timer.ended - timer.started) / steps
 
