@@ -67,11 +67,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "compiled_unet": {"compile": True},
     "compiled_all": {"compile": True, "compile_text_encoders": True},
     "fastest": {"compile": True, "compile_text_encoders": True, "cached_latents": True},
+    "compiled_all_cudagraphs": {"compile": True, "compile_text_encoders": True, "compile_mode": "reduce-overhead"},
 }
 # switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
 # gradient checkpointing's recomputation is not model FLOPs)
 SAME_WORK = ("gradient_checkpointing", "attention", "channels_last", "cudnn_benchmark", "optimizer", "compile",
-             "compile_text_encoders", "gradient_clip_val")
+             "compile_text_encoders", "compile_mode", "gradient_clip_val")
 
 
 class RepeatedBatch(Dataset):
@@ -151,9 +152,11 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
     compiled = [unet] if switches.get("compile") else []
     if switches.get("compile_text_encoders"):
         compiled += [module.text_encoder, module.text_encoder_2]
+    mode = switches.get("compile_mode")
     for part in compiled:
-        if getattr(part, "_compiled_call_impl", None) is None:
-            part.compile()
+        if getattr(part, "_compiled_call_impl", None) is None or getattr(part, "suite_compile_mode", None) != mode:
+            part.compile(mode=mode)
+            part.suite_compile_mode = mode
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
 
 

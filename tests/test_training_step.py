@@ -154,7 +154,8 @@ def test_channels_last_and_compiled_parts_train_the_same_adapters(tiny_model_con
     data.setup()
     batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
     results = []
-    for switches in ({}, {"channels_last": True}, {"compile_unet": "eager", "compile_text_encoders": "eager"}):
+    compiled = {"compile_unet": "eager", "compile_text_encoders": "eager", "compile_mode": "reduce-overhead"}
+    for switches in ({}, {"channels_last": True}, compiled):
         module = make_module(replace(tiny_model_config, **switches))
         module.configure_model()
         loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
@@ -177,6 +178,10 @@ def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
         replace(tiny_model_config, compile_unet="warp-drive")
     with pytest.raises(ConfigError, match="^model.compile_text_encoders: must be a torch.compile backend"):
         replace(tiny_model_config, compile_text_encoders="warp-drive")
+    with pytest.raises(ConfigError, match="^model.compile_mode: must be one of"):
+        replace(tiny_model_config, compile_unet="inductor", compile_mode="ludicrous")
+    with pytest.raises(ConfigError, match="^model.compile_mode: applies to compiled parts only"):
+        replace(tiny_model_config, compile_mode="reduce-overhead")
 
 
 def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_model_config) -> None:

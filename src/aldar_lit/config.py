@@ -47,6 +47,7 @@ class ModelConfig:
     channels_last: bool = False  # UNet activations in NHWC (faster convolutions on recent GPUs)
     compile_unet: Optional[str] = None  # a torch.compile backend for the UNet, e.g. "inductor"
     compile_text_encoders: Optional[str] = None  # the same for both text encoders
+    compile_mode: Optional[str] = None  # torch.compile mode of the compiled parts, e.g. reduce-overhead (CUDA graphs)
 
     def __post_init__(self) -> None:
         require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
@@ -58,6 +59,14 @@ class ModelConfig:
                 backends = torch._dynamo.list_backends(exclude_tags=())
                 require(backend in backends, f"model.{key}",
                         f"must be a torch.compile backend {backends} or null, got {backend!r}")
+        if self.compile_mode is not None:
+            from torch._inductor import list_mode_options
+
+            modes = sorted(list_mode_options())
+            require(self.compile_mode in modes, "model.compile_mode", f"must be one of {modes} or null, "
+                    f"got {self.compile_mode!r}")
+            require(self.compile_unet is not None or self.compile_text_encoders is not None, "model.compile_mode",
+                    "applies to compiled parts only: set model.compile_unet and/or model.compile_text_encoders")
         require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:

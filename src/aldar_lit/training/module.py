@@ -69,11 +69,12 @@ class SDXLLoRAModule(L.LightningModule):
             if self.lora_cfg.train_text_encoders:
                 for encoder in (self.text_encoder, self.text_encoder_2):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
-        if self.model_cfg.compile_unet is not None:
-            self.unet.compile(backend=self.model_cfg.compile_unet)  # in place: parameter names unchanged
+        mode = self.model_cfg.compile_mode
+        if self.model_cfg.compile_unet is not None:  # in place: parameter names unchanged
+            self.unet.compile(backend=self.model_cfg.compile_unet, mode=mode)
         if self.model_cfg.compile_text_encoders is not None:
             for encoder in (self.text_encoder, self.text_encoder_2):
-                encoder.compile(backend=self.model_cfg.compile_text_encoders)
+                encoder.compile(backend=self.model_cfg.compile_text_encoders, mode=mode)
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
