@@ -18,8 +18,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out
 status=0
 # the switches still open after the first H200 run (benchmarks/results/train_step_sdxl_arch_h200.json);
 # STEPS_VARIANTS=all runs every one
-next_variants=seed_recipe,cached_latents,text_encoders_frozen,adamw_fused,lean_memory,compiled_unet,compiled_all,\
-fastest,compiled_all_cudagraphs
+next_variants=seed_recipe,cached_latents,text_encoders_frozen,adamw_fused,lean_memory,double_batch,compiled_unet,\
+compiled_all,fastest,compiled_all_cudagraphs
 
 for stage in $stages; do
   started=$(date +%s)

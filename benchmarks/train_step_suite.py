@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "adamw8bit": {"optimizer": "adamw8bit"},
     "text_encoders_frozen": {"train_text_encoders": False},
     "lean_memory": {"cached_latents": True, "gradient_checkpointing": True, "optimizer": "adamw8bit"},
+    # twice the samples per step: if the step barely slows down, it is bound by per-operator host cost
+    "double_batch": {"batch_size_factor": 2},
     "compiled_unet": {"compile": True},
     "compiled_all": {"compile": True, "compile_text_encoders": True},
     "fastest": {"compile": True, "compile_text_encoders": True, "cached_latents": True},
@@ -309,14 +311,15 @@ def build_module(model_name: str, rank: int, device: str, dtype: str) -> SDXLLoR
 
 
 def run_variant(module, args, precision, latent_factor, switches, step_flops) -> dict[str, Any]:
-    batch = synthetic_batch(args.batch_size, args.resolution, latent_factor, switches.get("cached_latents", False))
+    batch_size = args.batch_size * switches.get("batch_size_factor", 1)
+    batch = synthetic_batch(batch_size, args.resolution, latent_factor, switches.get("cached_latents", False))
     apply_switches(module, switches)
     reset_peak_memory()
     seconds = lightning_seconds_per_step(module, batch, args.device, precision, args.warmup, args.steps,
                                          cudnn_benchmark=switches.get("cudnn_benchmark", False),
                                          gradient_clip_val=switches.get("gradient_clip_val", 1.0))
     flops = step_flops[json.dumps(work_signature(switches), sort_keys=True)]
-    row = {"switches": switches, "s_per_step": seconds, "samples_per_s": args.batch_size / seconds,
+    row = {"switches": switches, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
            "seconds_per_400_steps": 400 * seconds, "model_tflop_per_step": flops / 1e12,
            "mfu": flops / seconds / (args.peak_tflops * 1e12), **peak_memory_bytes()}
     if args.measured_tflops:
@@ -374,7 +377,8 @@ def main() -> None:
         key = json.dumps(work, sort_keys=True)
         if key not in step_flops:
             apply_switches(module, work)
-            batch = synthetic_batch(args.batch_size, args.resolution, latent_factor, work.get("cached_latents", False))
+            batch = synthetic_batch(args.batch_size * work.get("batch_size_factor", 1), args.resolution,
+                                    latent_factor, work.get("cached_latents", False))
             step_flops[key] = count_step_flops(module, batch, args.device, precision)
 
     recipe = synthetic_batch(args.batch_size, args.resolution, latent_factor, cached_latents=False)

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO_ROOT
 
 
@@ -13,18 +15,21 @@ def test_train_step_suite_reports_each_variant_with_model_flops(tmp_path) -> Non
     out = tmp_path / "steps.json"
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "train_step_suite.py"), "--model", "tiny",
                "--device", "cpu", "--resolution", "32", "--rank", "2", "--warmup", "1", "--steps", "2",
-               "--variants", "seed_recipe,cached_latents,gradient_checkpointing,text_encoders_frozen",
+               "--variants", "seed_recipe,cached_latents,gradient_checkpointing,text_encoders_frozen,double_batch",
                "--profile", "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True, cwd=tmp_path, timeout=300)
     result = json.loads(out.read_text())
 
     assert result["plain_s_per_step"] > 0 and result["lightning_s_per_step"] > 0
     variants = result["variants"]
-    assert set(variants) == {"seed_recipe", "cached_latents", "gradient_checkpointing", "text_encoders_frozen"}
+    assert set(variants) == {"seed_recipe", "cached_latents", "gradient_checkpointing", "text_encoders_frozen",
+                             "double_batch"}
     assert all(row["s_per_step"] > 0 and row["mfu"] > 0 for row in variants.values())
     flops = {name: row["model_tflop_per_step"] for name, row in variants.items()}
     assert flops["cached_latents"] < flops["seed_recipe"]  # the VAE encoder leaves the step
     assert flops["text_encoders_frozen"] < flops["seed_recipe"]  # no text-encoder backward
     assert flops["gradient_checkpointing"] == flops["seed_recipe"]  # recomputation is not model work
+    assert flops["double_batch"] == pytest.approx(2 * flops["seed_recipe"], rel=0.01)
+    assert variants["double_batch"]["samples_per_s"] == pytest.approx(8 / variants["double_batch"]["s_per_step"])
     operators = result["seed_recipe_profile"]["operators"]
     assert operators and 0 < sum(row["share"] for row in operators) <= 1 + 1e-9
