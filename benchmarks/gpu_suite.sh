@@ -28,7 +28,7 @@ for stage in $stages; do
       $py -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/tests.log" ;;
     steps)
       timeout "${STEPS_TIMEOUT:-420}" $py benchmarks/train_step_suite.py --model sdxl_arch --device cuda \
-        ${STEPS_ARGS:---warmup 3 --steps 15 --repeats 2} --variants "${STEPS_VARIANTS:-$next_variants}" \
+        ${STEPS_ARGS:---warmup 3 --steps 10 --repeats 2} --variants "${STEPS_VARIANTS:-$next_variants}" \
         --profile --out "$out/train_step_sdxl_arch.json" \
         2>&1 | tee "$out/steps.log" ;;
     train400)
