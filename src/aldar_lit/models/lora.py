@@ -7,8 +7,12 @@ and both text encoders is simpler anyway.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+
 import peft
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
@@ -68,3 +72,25 @@ def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.M
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights of one part in PEFT layout (`...lora_A.weight`), detached copies."""
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+
+
+def adapted_layers(models: Iterable[nn.Module]) -> list[BaseTunerLayer]:
+    """The layers peft wrapped with adapters, across `models`."""
+    return [layer for model in models for layer in model.modules() if isinstance(layer, BaseTunerLayer)]
+
+
+@contextlib.contextmanager
+def uncast_adapter_inputs(layers: list[BaseTunerLayer]) -> Iterator[None]:
+    """Let `layers` feed their input to the adapters as it is, instead of casting it to the adapters' dtype.
+
+    Under autocast that cast is a round trip (bf16 -> fp32, then autocast's fp32 -> bf16) with the same
+    result as none. peft's `disable_input_dtype_casting` does this too but walks every module of the model
+    on each entry and exit, which costs more host time than a step can spare.
+    """
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True

@@ -10,12 +10,11 @@ import lightning as L
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from hydra.utils import instantiate
-from peft.helpers import disable_input_dtype_casting
 from torch import nn
 
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.models.loading import load_sdxl
-from aldar_lit.models.lora import TE1, TE2, UNET, attach_lora
+from aldar_lit.models.lora import TE1, TE2, UNET, adapted_layers, attach_lora, uncast_adapter_inputs
 from aldar_lit.training.conditioning import encode_prompts, time_ids
 from aldar_lit.training.objective import denoising_loss
 
@@ -59,6 +58,7 @@ class SDXLLoRAModule(L.LightningModule):
         with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
             torch.manual_seed(self.seed)
             self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
+        self.adapted_layers = adapted_layers(self.sdxl_modules().values())
         for part, module in self.sdxl_modules().items():
             module.train(part in self.trained_parts)  # LoRA dropout active; frozen parts in eval
         self.vae.requires_grad_(False).eval()
@@ -113,13 +113,11 @@ class SDXLLoRAModule(L.LightningModule):
         """`batch` holds `pixel_values` or cached `latent_dist` (VAE posterior parameters), and may hold
         cached `prompt_embeds` + `pooled_prompt_embeds` (see `aldar_lit.data.caches`). Every random
         draw comes from `generator`, or from one generator per sample (diffusers' `randn_tensor` rule)."""
-        with contextlib.ExitStack() as stack:
-            device = self.device.type
-            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-                # peft casts each LoRA input to the adapters' fp32 and autocast casts it straight back: two
-                # activation-sized copies per adapted layer and step, with the same result as none
-                for part in self.trained_modules().values():
-                    stack.enter_context(disable_input_dtype_casting(part))
+        device = self.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        # under autocast, peft's cast of each adapter input to fp32 is undone at once by autocast: two
+        # activation-sized copies per adapted layer and step, for the same result as none
+        with uncast_adapter_inputs(self.adapted_layers) if autocast else contextlib.nullcontext():
             return self._loss(batch, generator)
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
