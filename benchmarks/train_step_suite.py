@@ -318,12 +318,13 @@ def run_variant(module, args, precision, latent_factor, switches, step_flops) ->
     seconds = lightning_seconds_per_step(module, batch, args.device, precision, args.warmup, args.steps,
                                          cudnn_benchmark=switches.get("cudnn_benchmark", False),
                                          gradient_clip_val=switches.get("gradient_clip_val", 1.0))
-    flops = step_flops[json.dumps(work_signature(switches), sort_keys=True)]
+    flops = step_flops.get(json.dumps(work_signature(switches), sort_keys=True))
     row = {"switches": switches, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
-           "seconds_per_400_steps": 400 * seconds, "model_tflop_per_step": flops / 1e12,
-           "mfu": flops / seconds / (args.peak_tflops * 1e12), **peak_memory_bytes()}
-    if args.measured_tflops:
-        row["fraction_of_measured_matmul_rate"] = flops / seconds / (args.measured_tflops * 1e12)
+           "seconds_per_400_steps": 400 * seconds, **peak_memory_bytes()}
+    if flops is not None:
+        row |= {"model_tflop_per_step": flops / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12)}
+        if args.measured_tflops:
+            row["fraction_of_measured_matmul_rate"] = flops / seconds / (args.measured_tflops * 1e12)
     return row
 
 
@@ -379,7 +380,11 @@ def main() -> None:
             apply_switches(module, work)
             batch = synthetic_batch(args.batch_size * work.get("batch_size_factor", 1), args.resolution,
                                     latent_factor, work.get("cached_latents", False))
-            step_flops[key] = count_step_flops(module, batch, args.device, precision)
+            try:
+                step_flops[key] = count_step_flops(module, batch, args.device, precision)
+            except torch.OutOfMemoryError:  # the variant itself will record the error
+                module.zero_grad(set_to_none=True)
+                reset_peak_memory()
 
     recipe = synthetic_batch(args.batch_size, args.resolution, latent_factor, cached_latents=False)
     apply_switches(module, {})
@@ -417,8 +422,8 @@ def summary_table(result: dict[str, Any]) -> str:
         if "error" in row:
             lines.append(f"{name:24s} {row['error'][:80]}")
             continue
-        peak = row["peak_allocated_bytes"]
-        lines.append(f"{name:24s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {row['mfu']:6.1%} "
+        peak, mfu = row["peak_allocated_bytes"], row.get("mfu", float("nan"))
+        lines.append(f"{name:24s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {mfu:6.1%} "
                      f"{peak / 2**30 if peak else float('nan'):9.1f}")
     return "\n".join(lines)
 
