@@ -173,10 +173,17 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+def forward_backward(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str, step: int = 0) -> None:
+    """One step's loss and gradients (no optimizer) on a batch already on the device."""
+    with autocast(device, precision):
+        loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step * len(batch["index"])))
+    loss.backward()
+
+
 def count_step_flops(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> int:
     batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
-    with FlopCounterMode(display=False) as counter, autocast(device, precision):
-        module.compute_loss(batch, torch.Generator(device).manual_seed(0)).backward()
+    with FlopCounterMode(display=False) as counter:
+        forward_backward(module, batch, device, precision)
     module.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
@@ -194,11 +201,8 @@ def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> f
         if step == warmup:
             _synchronize()
             started = time.perf_counter()
-        on_device = module.transfer_batch_to_device(host_batch, torch.device(device), 0)
-        generators = module.sample_generators(on_device["index"] + step * len(on_device["index"]))
-        with autocast(device, precision):
-            loss = module.compute_loss(on_device, generators)
-        loss.backward()
+        forward_backward(module, module.transfer_batch_to_device(host_batch, torch.device(device), 0), device,
+                         precision, step)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -227,9 +231,7 @@ def profile_step(module, batch, device, precision, top: int = 20) -> dict[str, A
     with profile(activities=activities) as profiler:
         started = time.perf_counter()
         for step in range(steps):
-            with autocast(device, precision):
-                loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step))
-            loss.backward()
+            forward_backward(module, batch, device, precision, step)
         _synchronize()
         wall = time.perf_counter() - started
     module.zero_grad(set_to_none=True)
@@ -258,9 +260,7 @@ def host_syncs(module, batch, device, precision) -> dict[str, Any] | None:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with autocast(device, precision):
-                loss = module.compute_loss(batch, module.sample_generators(batch["index"]))
-            loss.backward()
+            forward_backward(module, batch, device, precision)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     module.zero_grad(set_to_none=True)
