@@ -38,6 +38,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Dataset
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from aldar_lit.atomic_write import write_json
@@ -51,7 +52,7 @@ OPTIMIZERS = {
     "adamw8bit": {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True},
 }
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
-# name -> switches on top of the seed recipe. Compilation cannot be undone, so the compiled variants come last.
+# name -> switches on top of the seed recipe. The compiled variants come last, so that they share compiled code.
 VARIANTS: dict[str, dict[str, Any]] = {
     "seed_recipe": {},
     "cached_latents": {"cached_latents": True},
@@ -67,6 +68,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # twice the samples per step: if the step barely slows down, it is bound by per-operator host cost
     "double_batch": {"batch_size_factor": 2},
     "compiled_unet": {"compile": True},
+    # diffusers' regional compilation: each of the UNet's 70 transformer blocks, the rest eager
+    "compiled_unet_blocks": {"compile": True, "compile_scope": "blocks"},
     "compiled_all": {"compile": True, "compile_text_encoders": True},
     "fastest": {"compile": True, "compile_text_encoders": True, "cached_latents": True},
     "compiled_all_cudagraphs": {"compile": True, "compile_text_encoders": True, "compile_mode": "reduce-overhead"},
@@ -74,7 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
 # gradient checkpointing's recomputation is not model FLOPs)
 SAME_WORK = ("gradient_checkpointing", "attention", "channels_last", "cudnn_benchmark", "optimizer", "compile",
-             "compile_text_encoders", "compile_mode", "gradient_clip_val")
+             "compile_scope", "compile_text_encoders", "compile_mode", "gradient_clip_val")
 
 
 class RepeatedBatch(Dataset):
@@ -89,7 +92,8 @@ class RepeatedBatch(Dataset):
 
 
 class StepTimer(L.Callback):
-    """Wall time from the start of step `warmup` to the end of the last step.
+    """Wall time of the warm-up steps (compilation included) and from the start of step `warmup` to the
+    end of the last step.
 
     The GPU is synchronised at those two points only, as in the plain loop: a synchronisation after
     every step would stop the host from queueing the next step while the GPU works (on the H200 that
@@ -97,9 +101,11 @@ class StepTimer(L.Callback):
     """
 
     def __init__(self, warmup: int):
-        self.warmup, self.started, self.ended = warmup, 0.0, 0.0
+        self.warmup, self.first_started, self.started, self.ended = warmup, 0.0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:
+            self.first_started = time.perf_counter()
         if trainer.global_step == self.warmup:
             _synchronize()
             self.started = time.perf_counter()
@@ -151,15 +157,26 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         for name, param in encoder.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(train_te)
-    compiled = [unet] if switches.get("compile") else []
-    if switches.get("compile_text_encoders"):
-        compiled += [module.text_encoder, module.text_encoder_2]
-    mode = switches.get("compile_mode")
-    for part in compiled:
-        if getattr(part, "_compiled_call_impl", None) is None or getattr(part, "suite_compile_mode", None) != mode:
-            part.compile(mode=mode)
-            part.suite_compile_mode = mode
+    blocks = [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
+    regional = switches.get("compile_scope") == "blocks"
+    compiled = {unet: switches.get("compile") and not regional,
+                **{block: switches.get("compile") and regional for block in blocks},
+                module.text_encoder: switches.get("compile_text_encoders"),
+                module.text_encoder_2: switches.get("compile_text_encoders")}
+    for part, wanted in compiled.items():
+        set_compiled(part, bool(wanted), switches.get("compile_mode"))
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
+
+
+def set_compiled(part: torch.nn.Module, wanted: bool, mode: str | None) -> None:
+    """Compile `part` in place with `mode`, or undo it; code compiled before with the same mode is reused."""
+    if not wanted:
+        part._compiled_call_impl = None  # what nn.Module.compile sets; None is plain eager
+        return
+    if getattr(part, "suite_compiled", None) is None or part.suite_compile_mode != mode:
+        part.compile(mode=mode)
+        part.suite_compiled, part.suite_compile_mode = part._compiled_call_impl, mode
+    part._compiled_call_impl = part.suite_compiled
 
 
 def work_signature(switches: dict[str, Any]) -> dict[str, Any]:
@@ -173,19 +190,62 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
-def forward_backward(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str, step: int = 0) -> None:
-    """One step's loss and gradients (no optimizer) on a batch already on the device."""
+def step_loss(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str,
+              step: int = 0) -> torch.Tensor:
+    """One step's loss on a batch already on the device."""
     with autocast(device, precision):
-        loss = module.compute_loss(batch, module.sample_generators(batch["index"] + step * len(batch["index"])))
-    loss.backward()
+        return module.compute_loss(batch, module.sample_generators(batch["index"] + step * len(batch["index"])))
 
 
-def count_step_flops(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> int:
+def forward_backward(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str, step: int = 0) -> None:
+    """One step's loss and gradients (no optimizer)."""
+    step_loss(module, batch, device, precision, step).backward()
+
+
+class OperatorCounter(TorchDispatchMode):
+    """Counts the aten operators a step dispatches, by phase, and those the forward pass runs inside the
+    UNet's repeated transformer blocks. In eager mode every operator costs host time however small its
+    kernel, so this count (the same on any device) is what a host-bound step's time follows."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.blocks = [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
+        self.counts: Counter[str] = Counter()
+        self.phase, self.block_depth = "forward", 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[self.phase] += 1
+        if self.block_depth:
+            self.counts["forward_in_repeated_blocks"] += 1
+        return func(*args, **(kwargs or {}))
+
+    def _enter_block(self, *_: Any) -> None:
+        self.block_depth += 1
+
+    def _leave_block(self, *_: Any) -> None:
+        self.block_depth -= 1
+
+    @contextlib.contextmanager
+    def hooks(self):
+        handles = [h for b in self.blocks for h in (b.register_forward_pre_hook(self._enter_block),
+                                                     b.register_forward_hook(self._leave_block))]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def count_step_work(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> dict[str, Any]:
+    """The model FLOPs of one forward + backward and the operators it dispatches."""
     batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
-    with FlopCounterMode(display=False) as counter:
-        forward_backward(module, batch, device, precision)
+    operators = OperatorCounter(module.unet)
+    with FlopCounterMode(display=False) as flops, operators, operators.hooks():
+        loss = step_loss(module, batch, device, precision)
+        operators.phase = "backward"
+        loss.backward()
     module.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return {"flops": flops.get_total_flops(), "operators": dict(operators.counts)}
 
 
 def batches(batch: dict[str, Any], count: int, device: str) -> DataLoader:
@@ -210,8 +270,9 @@ def plain_seconds_per_step(module, batch, device, precision, warmup, steps) -> f
     return (time.perf_counter() - started) / steps
 
 
-def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, cudnn_benchmark=False,
-                               gradient_clip_val: float | None = 1.0) -> float:
+def lightning_seconds(module, batch, device, precision, warmup, steps, cudnn_benchmark=False,
+                      gradient_clip_val: float | None = 1.0) -> tuple[float, float]:
+    """Seconds per timed step, and the seconds of all warm-up steps together."""
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator=device, devices=1, precision=precision, max_steps=warmup + steps,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -219,7 +280,7 @@ def lightning_seconds_per_step(module, batch, device, precision, warmup, steps, 
                         log_every_n_steps=10, benchmark=cudnn_benchmark)
     trainer.fit(module, train_dataloaders=batches(batch, warmup + steps, device))
     module.to(device)  # Lightning's teardown moved the model to the CPU
-    return (timer.ended - timer.started) / steps
+    return (timer.ended - timer.started) / steps, timer.started - timer.first_started
 
 
 def profile_step(module, batch, device, precision, top: int = 20) -> dict[str, Any]:
@@ -310,19 +371,21 @@ def build_module(model_name: str, rank: int, device: str, dtype: str) -> SDXLLoR
     return module.to(device)
 
 
-def run_variant(module, args, precision, latent_factor, switches, step_flops) -> dict[str, Any]:
+def run_variant(module, args, precision, latent_factor, switches, step_work) -> dict[str, Any]:
     batch_size = args.batch_size * switches.get("batch_size_factor", 1)
     batch = synthetic_batch(batch_size, args.resolution, latent_factor, switches.get("cached_latents", False))
     apply_switches(module, switches)
     reset_peak_memory()
-    seconds = lightning_seconds_per_step(module, batch, args.device, precision, args.warmup, args.steps,
-                                         cudnn_benchmark=switches.get("cudnn_benchmark", False),
-                                         gradient_clip_val=switches.get("gradient_clip_val", 1.0))
-    flops = step_flops.get(json.dumps(work_signature(switches), sort_keys=True))
+    seconds, warmup_seconds = lightning_seconds(module, batch, args.device, precision, args.warmup, args.steps,
+                                                cudnn_benchmark=switches.get("cudnn_benchmark", False),
+                                                gradient_clip_val=switches.get("gradient_clip_val", 1.0))
+    work = step_work.get(json.dumps(work_signature(switches), sort_keys=True))
     row = {"switches": switches, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
-           "seconds_per_400_steps": 400 * seconds, **peak_memory_bytes()}
-    if flops is not None:
-        row |= {"model_tflop_per_step": flops / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12)}
+           "seconds_per_400_steps": 400 * seconds, "warmup_seconds": warmup_seconds, **peak_memory_bytes()}
+    if work is not None:
+        flops = work["flops"]
+        row |= {"model_tflop_per_step": flops / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
+                "eager_operators_per_step": work["operators"]}
         if args.measured_tflops:
             row["fraction_of_measured_matmul_rate"] = flops / seconds / (args.measured_tflops * 1e12)
     return row
@@ -337,7 +400,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe")
+    parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe (0: none)")
+    parser.add_argument("--precision", choices=["bf16-mixed", "32-true"],
+                        help="default: bf16-mixed on CUDA (the seed's), 32-true on the CPU (faster there)")
     parser.add_argument("--variants", default="all", help=f"comma-separated, or all: {','.join(VARIANTS)}")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
     parser.add_argument("--profile", action="store_true",
@@ -349,11 +414,11 @@ def main() -> None:
     unknown = set(args.variants.split(",")) - VARIANTS.keys()
     if unknown:
         parser.error(f"--variants: unknown {sorted(unknown)}; choose from {sorted(VARIANTS)}")
-    precision = "bf16-mixed" if args.device == "cuda" else "32-true"
+    precision = args.precision or ("bf16-mixed" if args.device == "cuda" else "32-true")
     torch.manual_seed(0)
 
     started = time.perf_counter()
-    module = build_module(args.model, args.rank, args.device, "bfloat16" if args.device == "cuda" else "float32")
+    module = build_module(args.model, args.rank, args.device, "bfloat16" if precision == "bf16-mixed" else "float32")
     latent_factor = 2 ** (len(module.vae.config.block_out_channels) - 1)
     args.measured_tflops = measured_matmul_tflops(args.device)
     result: dict[str, Any] = {
@@ -372,16 +437,16 @@ def main() -> None:
             write_json(args.out, result)
 
     names = args.variants.split(",")
-    step_flops: dict[str, int] = {}  # work signature -> FLOPs, counted before anything is compiled
+    step_work: dict[str, dict[str, Any]] = {}  # work signature -> FLOPs and operators, counted in eager mode
     for name in names:
         work = work_signature(VARIANTS[name])
         key = json.dumps(work, sort_keys=True)
-        if key not in step_flops:
+        if key not in step_work:
             apply_switches(module, work)
             batch = synthetic_batch(args.batch_size * work.get("batch_size_factor", 1), args.resolution,
                                     latent_factor, work.get("cached_latents", False))
             try:
-                step_flops[key] = count_step_flops(module, batch, args.device, precision)
+                step_work[key] = count_step_work(module, batch, args.device, precision)
             except torch.OutOfMemoryError:  # the variant itself will record the error
                 module.zero_grad(set_to_none=True)
                 reset_peak_memory()
@@ -391,13 +456,14 @@ def main() -> None:
     ours, plain = [], []
     for _ in range(args.repeats):
         plain.append(plain_seconds_per_step(module, recipe, args.device, precision, args.warmup, args.steps))
-        ours.append(lightning_seconds_per_step(module, recipe, args.device, precision, args.warmup, args.steps))
-    result["plain_s_per_step"] = statistics.median(plain)
-    result["lightning_s_per_step"] = statistics.median(ours)
-    result["lightning_over_plain"] = result["lightning_s_per_step"] / result["plain_s_per_step"]
-    print(json.dumps({k: result[k] for k in ("plain_s_per_step", "lightning_s_per_step", "lightning_over_plain")}),
-          flush=True)
-    save()
+        ours.append(lightning_seconds(module, recipe, args.device, precision, args.warmup, args.steps)[0])
+    if args.repeats:
+        result["plain_s_per_step"] = statistics.median(plain)
+        result["lightning_s_per_step"] = statistics.median(ours)
+        result["lightning_over_plain"] = result["lightning_s_per_step"] / result["plain_s_per_step"]
+        print(json.dumps({k: result[k] for k in ("plain_s_per_step", "lightning_s_per_step", "lightning_over_plain")}),
+              flush=True)
+        save()
     if args.profile:
         result["seed_recipe_profile"] = profile_step(module, recipe, args.device, precision)
         result["seed_recipe_host_syncs"] = host_syncs(module, recipe, args.device, precision)
@@ -405,7 +471,7 @@ def main() -> None:
 
     for name in names:
         try:
-            result["variants"][name] = run_variant(module, args, precision, latent_factor, VARIANTS[name], step_flops)
+            result["variants"][name] = run_variant(module, args, precision, latent_factor, VARIANTS[name], step_work)
         except Exception as error:  # noqa: BLE001 - one failing switch (OOM, a compiler error) must not lose the rest
             result["variants"][name] = {"switches": VARIANTS[name], "error": f"{type(error).__name__}: {error}"[:2000]}
             module.zero_grad(set_to_none=True)
@@ -416,15 +482,15 @@ def main() -> None:
 
 
 def summary_table(result: dict[str, Any]) -> str:
-    lines = [f"{result['hardware']}: Lightning/plain = {result['lightning_over_plain']:.3f}",
-             f"{'variant':24s} {'s/step':>8s} {'400 steps':>10s} {'MFU':>6s} {'peak GiB':>9s}"]
+    lines = [f"{result['hardware']}: Lightning/plain = {result.get('lightning_over_plain', float('nan')):.3f}",
+             f"{'variant':24s} {'s/step':>8s} {'400 steps':>10s} {'MFU':>6s} {'peak GiB':>9s} {'warm-up':>8s}"]
     for name, row in result["variants"].items():
         if "error" in row:
             lines.append(f"{name:24s} {row['error'][:80]}")
             continue
         peak, mfu = row["peak_allocated_bytes"], row.get("mfu", float("nan"))
         lines.append(f"{name:24s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {mfu:6.1%} "
-                     f"{peak / 2**30 if peak else float('nan'):9.1f}")
+                     f"{peak / 2**30 if peak else float('nan'):9.1f} {row['warmup_seconds']:7.1f}s")
     return "\n".join(lines)
 
 

@@ -15,7 +15,8 @@ def test_train_step_suite_reports_each_variant_with_model_flops(tmp_path) -> Non
     out = tmp_path / "steps.json"
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "train_step_suite.py"), "--model", "tiny",
                "--device", "cpu", "--resolution", "32", "--rank", "2", "--warmup", "1", "--steps", "2",
-               "--variants", "seed_recipe,cached_latents,gradient_checkpointing,text_encoders_frozen,double_batch",
+               "--variants",
+               "seed_recipe,cached_latents,gradient_checkpointing,text_encoders_frozen,double_batch,compiled_unet_blocks",
                "--profile", "--out", str(out)]
     subprocess.run(command, check=True, capture_output=True, cwd=tmp_path, timeout=300)
     result = json.loads(out.read_text())
@@ -23,7 +24,7 @@ def test_train_step_suite_reports_each_variant_with_model_flops(tmp_path) -> Non
     assert result["plain_s_per_step"] > 0 and result["lightning_s_per_step"] > 0
     variants = result["variants"]
     assert set(variants) == {"seed_recipe", "cached_latents", "gradient_checkpointing", "text_encoders_frozen",
-                             "double_batch"}
+                             "double_batch", "compiled_unet_blocks"}
     assert all(row["s_per_step"] > 0 and row["mfu"] > 0 for row in variants.values())
     flops = {name: row["model_tflop_per_step"] for name, row in variants.items()}
     assert flops["cached_latents"] < flops["seed_recipe"]  # the VAE encoder leaves the step
@@ -31,5 +32,10 @@ def test_train_step_suite_reports_each_variant_with_model_flops(tmp_path) -> Non
     assert flops["gradient_checkpointing"] == flops["seed_recipe"]  # recomputation is not model work
     assert flops["double_batch"] == pytest.approx(2 * flops["seed_recipe"], rel=0.01)
     assert variants["double_batch"]["samples_per_s"] == pytest.approx(8 / variants["double_batch"]["s_per_step"])
+    assert all(row["warmup_seconds"] > 0 for row in variants.values())
+    ops = {name: row["eager_operators_per_step"] for name, row in variants.items()}
+    assert 0 < ops["seed_recipe"]["forward_in_repeated_blocks"] < ops["seed_recipe"]["forward"]
+    assert ops["text_encoders_frozen"]["backward"] < ops["seed_recipe"]["backward"]
+    assert ops["compiled_unet_blocks"] == ops["seed_recipe"]  # compiling changes how the work is run, not the work
     operators = result["seed_recipe_profile"]["operators"]
     assert operators and 0 < sum(row["share"] for row in operators) <= 1 + 1e-9

@@ -154,10 +154,16 @@ def test_channels_last_and_compiled_parts_train_the_same_adapters(tiny_model_con
     data.setup()
     batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
     results = []
-    compiled = {"compile_unet": "eager", "compile_text_encoders": "eager", "compile_mode": "reduce-overhead"}
-    for switches in ({}, {"channels_last": True}, compiled):
+    compiled = {"compile_unet": "eager", "compile_unet_scope": "unet", "compile_text_encoders": "eager",
+                "compile_mode": "reduce-overhead"}
+    compiled_blocks = {"compile_unet": "eager"}  # the default scope
+    for switches in ({}, {"channels_last": True}, compiled, compiled_blocks):
         module = make_module(replace(tiny_model_config, **switches))
         module.configure_model()
+        if switches is compiled_blocks:  # each transformer block compiled on its own, the UNet around them not
+            blocks = [m for m in module.unet.modules() if type(m).__name__ in module.unet._repeated_blocks]
+            assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+            assert module.unet._compiled_call_impl is None
         loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
         loss.backward()
         results.append((loss.item(), {n: p.grad for n, p in module.named_parameters() if p.requires_grad}))
@@ -182,6 +188,8 @@ def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
         replace(tiny_model_config, compile_unet="inductor", compile_mode="ludicrous")
     with pytest.raises(ConfigError, match="^model.compile_mode: applies to compiled parts only"):
         replace(tiny_model_config, compile_mode="reduce-overhead")
+    with pytest.raises(ConfigError, match="^model.compile_unet_scope: must be one of"):
+        replace(tiny_model_config, compile_unet="inductor", compile_unet_scope="everything")
 
 
 def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_model_config) -> None:

@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 DTYPES = ("float32", "bfloat16", "float16")
+COMPILE_SCOPES = ("unet", "blocks")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random")
@@ -48,6 +49,9 @@ class ModelConfig:
     compile_unet: Optional[str] = None  # a torch.compile backend for the UNet, e.g. "inductor"
     compile_text_encoders: Optional[str] = None  # the same for both text encoders
     compile_mode: Optional[str] = None  # torch.compile mode of the compiled parts, e.g. reduce-overhead (CUDA graphs)
+    # what compile_unet compiles: the whole UNet, or each of its repeated transformer blocks (diffusers' regional
+    # compilation: one block's code serves all blocks of its shape, so compiling takes a fraction of the time)
+    compile_unet_scope: str = "blocks"
 
     def __post_init__(self) -> None:
         require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
@@ -67,6 +71,8 @@ class ModelConfig:
                     f"got {self.compile_mode!r}")
             require(self.compile_unet is not None or self.compile_text_encoders is not None, "model.compile_mode",
                     "applies to compiled parts only: set model.compile_unet and/or model.compile_text_encoders")
+        require(self.compile_unet_scope in COMPILE_SCOPES, "model.compile_unet_scope",
+                f"must be one of {COMPILE_SCOPES}, got {self.compile_unet_scope!r}")
         require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:

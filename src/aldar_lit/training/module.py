@@ -71,7 +71,10 @@ class SDXLLoRAModule(L.LightningModule):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
         mode = self.model_cfg.compile_mode
         if self.model_cfg.compile_unet is not None:  # in place: parameter names unchanged
-            self.unet.compile(backend=self.model_cfg.compile_unet, mode=mode)
+            if self.model_cfg.compile_unet_scope == "blocks":
+                self.unet.compile_repeated_blocks(backend=self.model_cfg.compile_unet, mode=mode)
+            else:
+                self.unet.compile(backend=self.model_cfg.compile_unet, mode=mode)
         if self.model_cfg.compile_text_encoders is not None:
             for encoder in (self.text_encoder, self.text_encoder_2):
                 encoder.compile(backend=self.model_cfg.compile_text_encoders, mode=mode)
