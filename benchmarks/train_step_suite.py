@@ -67,12 +67,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lean_memory": {"cached_latents": True, "gradient_checkpointing": True, "optimizer": "adamw8bit"},
     # twice the samples per step: if the step barely slows down, it is bound by per-operator host cost
     "double_batch": {"batch_size_factor": 2},
-    "compiled_unet": {"compile": True},
-    # diffusers' regional compilation: each of the UNet's 70 transformer blocks, the rest eager
+    # model.compile_unet_scope: the whole UNet, or (diffusers' regional compilation, the default) each of its
+    # 70 transformer blocks with the rest eager
+    "compiled_unet": {"compile": True, "compile_scope": "unet"},
     "compiled_unet_blocks": {"compile": True, "compile_scope": "blocks"},
-    "compiled_all": {"compile": True, "compile_text_encoders": True},
-    "fastest": {"compile": True, "compile_text_encoders": True, "cached_latents": True},
-    "compiled_all_cudagraphs": {"compile": True, "compile_text_encoders": True, "compile_mode": "reduce-overhead"},
+    "compiled_all": {"compile": True, "compile_scope": "blocks", "compile_text_encoders": True},
+    "fastest": {"compile": True, "compile_scope": "blocks", "compile_text_encoders": True, "cached_latents": True},
+    "compiled_all_cudagraphs": {"compile": True, "compile_scope": "blocks", "compile_text_encoders": True,
+                                "compile_mode": "reduce-overhead"},
 }
 # switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
 # gradient checkpointing's recomputation is not model FLOPs)

@@ -73,6 +73,23 @@ def test_resume_continues_the_step_count_and_reproduces_the_run(full_run: Path, 
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # inductor compiles C++ for the CPU: about a minute
+def test_compiled_parts_train_like_eager_and_validate(full_run: Path, tmp_path: Path) -> None:
+    """The UNet compiled block by block and both text encoders compiled train the same adapters as eager
+    mode, and validation (no grad, eval mode: other compiled graphs) runs between the steps."""
+    compiled = tmp_path / "compiled"
+    train(compiled, "trainer.max_steps=8", "checkpoint.every_n_train_steps=4", "model.compile_unet=inductor",
+          "model.compile_text_encoders=inductor", "callbacks=validation", "scorer=tiny", "validation.every_n_steps=4",
+          "validation.num_inference_steps=2", "validation.seeds=[0]")
+    assert json.loads((compiled / "summary.json").read_text())["best_step"] in (4, 8)
+    assert len(list((compiled / "validation").rglob("*.png"))) >= 2
+    eager = torch.load(full_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    state = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert state.keys() == eager.keys()
+    for key in eager:
+        torch.testing.assert_close(state[key], eager[key], rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
