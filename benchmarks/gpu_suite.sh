@@ -4,7 +4,8 @@
 #   steps     - benchmarks/train_step_suite.py on the full-size SDXL architecture: the seed's recipe,
 #               Lightning vs the plain loop, and each speed/memory switch
 #   train400  - python train.py for 400 (TRAIN_STEPS) steps of the seed's recipe on the full-size architecture
-#               (demo images at 1024 px, no validation): the whole run, data and export included
+#               (demo images at 1024 px, no validation): the whole run, data and export included; TRAIN_ARGS adds
+#               overrides, e.g. TRAIN_ARGS="model.compile_unet=inductor model.compile_text_encoders=inductor"
 # Usage: bash benchmarks/gpu_suite.sh OUT_DIR [STAGE...]   (default: all stages)
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [tests|steps|train400 ...]}
@@ -35,7 +36,7 @@ for stage in $stages; do
     train400)
       timeout "${TRAIN_TIMEOUT:-300}" $py train.py experiment=aldar_kose model=sdxl_arch \
         data=demo data.demo.size=1024 callbacks=none logger=csv "trainer.max_steps=${TRAIN_STEPS:-400}" \
-        checkpoint.every_n_train_steps=400 'checkpoint.at_steps=[]' "hydra.run.dir=$work/train400" \
+        checkpoint.every_n_train_steps=400 'checkpoint.at_steps=[]' "hydra.run.dir=$work/train400" ${TRAIN_ARGS:-} \
         2>&1 | tee "$out/train400.log" && cp "$work/train400/summary.json" "$out/train400_summary.json" ;;
     *)
       echo "unknown stage $stage (tests, steps, train400)" >&2; exit 2 ;;

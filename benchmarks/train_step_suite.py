@@ -5,10 +5,13 @@ One model is built once; each variant toggles a switch on it and times `--steps`
 variant: seconds per step, samples/s, seconds per 400 steps, peak memory and model-FLOPs
 utilisation: the FLOPs of one step counted by `torch.utils.flop_counter` (without gradient
 checkpointing's recomputation, which is not model work) over time and `--peak-tflops`; on a GPU
-also over the bf16 matrix-product rate measured on the card.
+also over the bf16 matrix-product rate measured on the card. Also per variant: the seconds of the
+warm-up steps (compilation included) and the aten operators one eager step dispatches.
 
     python benchmarks/train_step_suite.py --model tiny --device cpu --resolution 64 --rank 8   # anywhere
     python benchmarks/train_step_suite.py --model sdxl_arch --device cuda                       # the seed's recipe on a GPU
+    python benchmarks/train_step_suite.py --model sdxl_arch --device cpu --precision bf16-mixed \
+        --batch-size 1 --resolution 128 --repeats 0 --variants ...   # full size on a CPU: ~15 GB
 
 The plain loop (the shape of diffusers' SDXL LoRA example: loss -> backward -> clip -> step ->
 zero_grad, no framework) runs on the seed-recipe settings in the same process, so
