@@ -55,7 +55,7 @@ OPTIMIZERS = {
     "adamw8bit": {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True},
 }
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
-# name -> switches on top of the seed recipe. The compiled variants come last, so that they share compiled code.
+# name -> switches on top of the seed recipe
 VARIANTS: dict[str, dict[str, Any]] = {
     "seed_recipe": {},
     "cached_latents": {"cached_latents": True},
@@ -162,7 +162,7 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         for name, param in encoder.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(train_te)
-    blocks = [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
+    blocks = repeated_blocks(unet)
     regional = switches.get("compile_scope") == "blocks"
     compiled = {unet: switches.get("compile") and not regional,
                 **{block: switches.get("compile") and regional for block in blocks},
@@ -171,6 +171,11 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
     for part, wanted in compiled.items():
         set_compiled(part, bool(wanted), switches.get("compile_mode"))
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
+
+
+def repeated_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks that diffusers' regional compilation (`compile_repeated_blocks`) compiles."""
+    return [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
 
 
 def set_compiled(part: torch.nn.Module, wanted: bool, mode: str | None) -> None:
@@ -214,7 +219,7 @@ class OperatorCounter(TorchDispatchMode):
 
     def __init__(self, unet: torch.nn.Module):
         super().__init__()
-        self.blocks = [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
+        self.blocks = repeated_blocks(unet)
         self.counts: Counter[str] = Counter()
         self.phase, self.block_depth = "forward", 0
 
