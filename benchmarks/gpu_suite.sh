@@ -21,7 +21,7 @@ status=0
 # whole-UNet compile last: it took 272 s to compile on the CPU, against 17 s block by block;
 # STEPS_VARIANTS=all runs every one
 next_variants=seed_recipe,cached_latents,text_encoders_frozen,double_batch,compiled_unet_blocks,compiled_all,\
-fastest,compiled_all_cudagraphs,adamw_fused,lean_memory,compiled_unet
+fastest,compiled_unet_blocks_half_memory,compiled_all_cudagraphs,adamw_fused,lean_memory,compiled_unet
 
 for stage in $stages; do
   started=$(date +%s)

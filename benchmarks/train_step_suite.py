@@ -6,7 +6,8 @@ variant: seconds per step, samples/s, seconds per 400 steps, peak memory and mod
 utilisation: the FLOPs of one step counted by `torch.utils.flop_counter` (without gradient
 checkpointing's recomputation, which is not model work) over time and `--peak-tflops`; on a GPU
 also over the bf16 matrix-product rate measured on the card. Also per variant: the seconds of the
-warm-up steps (compilation included) and the aten operators one eager step dispatches.
+warm-up steps (compilation included), the activation memory one step keeps for its backward pass
+(any device; `SavedActivations`) and the aten operators one eager step dispatches.
 
     python benchmarks/train_step_suite.py --model tiny --device cpu --resolution 64 --rank 8   # anywhere
     python benchmarks/train_step_suite.py --model sdxl_arch --device cuda                       # the seed's recipe on a GPU
@@ -46,8 +47,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aldar_lit.atomic_write import write_json
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from aldar_lit.models.compilation import repeated_blocks, set_activation_memory_budget
 from aldar_lit.models.lora import UNET
 from aldar_lit.training.module import SDXLLoRAModule
+from aldar_lit.training.saved_activations import SavedActivations
 
 OPTIMIZERS = {
     "adamw": {"_target_": "torch.optim.AdamW", "_partial_": True},
@@ -78,11 +81,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fastest": {"compile": True, "compile_scope": "blocks", "compile_text_encoders": True, "cached_latents": True},
     "compiled_all_cudagraphs": {"compile": True, "compile_scope": "blocks", "compile_text_encoders": True,
                                 "compile_mode": "reduce-overhead"},
+    # model.activation_memory_budget: the compiler keeps half the blocks' activations and recomputes the rest
+    "compiled_unet_blocks_half_memory": {"compile": True, "compile_scope": "blocks", "activation_memory_budget": 0.5},
 }
 # switches that change how a step is computed but not the model FLOPs it does (MFU counts useful work only:
 # gradient checkpointing's recomputation is not model FLOPs)
 SAME_WORK = ("gradient_checkpointing", "attention", "channels_last", "cudnn_benchmark", "optimizer", "compile",
-             "compile_scope", "compile_text_encoders", "compile_mode", "gradient_clip_val")
+             "compile_scope", "compile_text_encoders", "compile_mode", "activation_memory_budget", "gradient_clip_val")
 
 
 class RepeatedBatch(Dataset):
@@ -162,6 +167,7 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
         for name, param in encoder.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(train_te)
+    set_activation_memory_budget(switches.get("activation_memory_budget", 1.0))
     blocks = repeated_blocks(unet)
     regional = switches.get("compile_scope") == "blocks"
     compiled = {unet: switches.get("compile") and not regional,
@@ -173,13 +179,9 @@ def apply_switches(module: SDXLLoRAModule, switches: dict[str, Any]) -> None:
     module.optim_cfg = OptimConfig(optimizer=OPTIMIZERS[switches.get("optimizer", "adamw")], scheduler=CONSTANT)
 
 
-def repeated_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer blocks that diffusers' regional compilation (`compile_repeated_blocks`) compiles."""
-    return [m for m in unet.modules() if type(m).__name__ in unet._repeated_blocks]
-
-
 def set_compiled(part: torch.nn.Module, wanted: bool, mode: str | None) -> None:
-    """Compile `part` in place with `mode`, or undo it; code compiled before with the same mode is reused."""
+    """Compile `part` in place with `mode`, or undo it; its compiled wrapper is kept for reuse (the code it
+    compiled is dropped only by a new activation-memory budget)."""
     if not wanted:
         part._compiled_call_impl = None  # what nn.Module.compile sets; None is plain eager
         return
@@ -244,6 +246,16 @@ class OperatorCounter(TorchDispatchMode):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def saved_activation_bytes(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> int:
+    """What one forward pass keeps for the backward (see `SavedActivations`)."""
+    batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
+    with SavedActivations(module) as saved:
+        loss = step_loss(module, batch, device, precision)
+    loss.backward()
+    module.zero_grad(set_to_none=True)
+    return saved.bytes
 
 
 def count_step_work(module: SDXLLoRAModule, batch: dict[str, Any], device: str, precision: str) -> dict[str, Any]:
@@ -391,7 +403,8 @@ def run_variant(module, args, precision, latent_factor, switches, step_work) -> 
                                                 gradient_clip_val=switches.get("gradient_clip_val", 1.0))
     work = step_work.get(json.dumps(work_signature(switches), sort_keys=True))
     row = {"switches": switches, "s_per_step": seconds, "samples_per_s": batch_size / seconds,
-           "seconds_per_400_steps": 400 * seconds, "warmup_seconds": warmup_seconds, **peak_memory_bytes()}
+           "seconds_per_400_steps": 400 * seconds, "warmup_seconds": warmup_seconds, **peak_memory_bytes(),
+           "saved_activation_bytes": saved_activation_bytes(module, batch, args.device, precision)}
     if work is not None:
         flops = work["flops"]
         row |= {"model_tflop_per_step": flops / 1e12, "mfu": flops / seconds / (args.peak_tflops * 1e12),
@@ -493,14 +506,16 @@ def main() -> None:
 
 def summary_table(result: dict[str, Any]) -> str:
     lines = [f"{result['hardware']}: Lightning/plain = {result.get('lightning_over_plain', float('nan')):.3f}",
-             f"{'variant':24s} {'s/step':>8s} {'400 steps':>10s} {'MFU':>6s} {'peak GiB':>9s} {'warm-up':>8s}"]
+             f"{'variant':34s} {'s/step':>8s} {'400 steps':>10s} {'MFU':>6s} {'peak GiB':>9s} {'saved GiB':>9s} "
+             f"{'warm-up':>8s}"]
     for name, row in result["variants"].items():
         if "error" in row:
-            lines.append(f"{name:24s} {row['error'][:80]}")
+            lines.append(f"{name:34s} {row['error'][:80]}")
             continue
         peak, mfu = row["peak_allocated_bytes"], row.get("mfu", float("nan"))
-        lines.append(f"{name:24s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {mfu:6.1%} "
-                     f"{peak / 2**30 if peak else float('nan'):9.1f} {row['warmup_seconds']:7.1f}s")
+        lines.append(f"{name:34s} {row['s_per_step']:8.3f} {row['seconds_per_400_steps']:9.0f}s {mfu:6.1%} "
+                     f"{peak / 2**30 if peak else float('nan'):9.1f} {row['saved_activation_bytes'] / 2**30:9.2f} "
+                     f"{row['warmup_seconds']:7.1f}s")
     return "\n".join(lines)
 
 

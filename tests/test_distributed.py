@@ -74,16 +74,25 @@ def test_out_of_memory_is_reraised_with_settings_that_fit() -> None:
     message = str(caught.value)
     assert message.startswith("CUDA out of memory. Tried to allocate 2.00 GiB")
     for override in ("data.batch_size=2 +trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true",
-                     "optim=adamw8bit", "lora.train_text_encoders=false"):
+                     "optim=adamw8bit", "lora.train_text_encoders=false",
+                     "model.compile_unet=inductor model.activation_memory_budget=0.5"):
         assert override in message
     assert memory_advice(config)[0].startswith("model.gradient_checkpointing=true")  # the largest measured saving
 
 
 def test_memory_advice_leaves_out_what_is_already_on() -> None:
     config = compose_train("experiment=aldar_kose", "data.root=/renders", "optim=adamw8bit",
-                           "model.gradient_checkpointing=true", "data.batch_size=1")
+                           "model.gradient_checkpointing=true", "data.batch_size=1", "model.compile_unet=inductor",
+                           "model.activation_memory_budget=0.7")
     advice = " ".join(memory_advice(config))
     assert "adamw8bit" not in advice and "gradient_checkpointing" not in advice and "batch_size" not in advice
+    assert "activation_memory_budget" not in advice
+
+
+def test_memory_advice_on_a_compiled_run_names_only_the_budget() -> None:
+    config = compose_train("experiment=aldar_kose", "data.root=/renders", "model.compile_unet=inductor")
+    advice = [line for line in memory_advice(config) if "activation_memory_budget" in line]
+    assert len(advice) == 1 and advice[0].startswith("model.activation_memory_budget=0.5 ")
 
 
 def test_sweeps_can_launch_on_slurm_through_submitit() -> None:

@@ -12,7 +12,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
+from aldar_lit.models.compilation import set_activation_memory_budget
 from aldar_lit.training.module import SDXLLoRAModule
+from aldar_lit.training.saved_activations import SavedActivations
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True}
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
@@ -175,6 +177,29 @@ def test_channels_last_and_compiled_parts_train_the_same_adapters(tiny_model_con
             torch.testing.assert_close(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # inductor compiles C++ for the CPU, twice
+def test_activation_memory_budget_keeps_less_for_the_backward_with_the_same_gradients(tiny_model_config,
+                                                                                     two_images) -> None:
+    data = CaptionedImageDataModule(DataConfig(root=str(two_images), resolution=32, batch_size=2, num_workers=0))
+    data.setup()
+    batch = next(iter(torch.utils.data.DataLoader(data.train_dataset, batch_size=2)))
+    results = {}
+    try:
+        for budget in (None, 0.5):
+            module = make_module(replace(tiny_model_config, compile_unet="inductor", activation_memory_budget=budget))
+            module.configure_model()
+            with SavedActivations(module) as saved:
+                loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
+            loss.backward()
+            results[budget] = saved.bytes, {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+    finally:
+        set_activation_memory_budget(1.0)  # the process-wide default, for the tests that follow
+    (full_bytes, full_grads), (half_bytes, half_grads) = results[None], results[0.5]
+    assert half_bytes < 0.8 * full_bytes
+    for name in full_grads:
+        torch.testing.assert_close(half_grads[name], full_grads[name], rtol=1e-3, atol=1e-6)
+
+
 def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
     from dataclasses import replace
 
@@ -190,6 +215,10 @@ def test_unknown_compile_backend_names_the_key(tiny_model_config) -> None:
         replace(tiny_model_config, compile_mode="reduce-overhead")
     with pytest.raises(ConfigError, match="^model.compile_unet_scope: must be one of"):
         replace(tiny_model_config, compile_unet="inductor", compile_unet_scope="everything")
+    with pytest.raises(ConfigError, match=r"^model.activation_memory_budget: must be in \(0, 1\]"):
+        replace(tiny_model_config, compile_unet="inductor", activation_memory_budget=1.5)
+    with pytest.raises(ConfigError, match="^model.activation_memory_budget: applies to compiled parts only"):
+        replace(tiny_model_config, activation_memory_budget=0.5)
 
 
 def test_batch_moves_to_the_device_but_dataset_indices_stay_on_the_host(tiny_model_config) -> None:

@@ -52,6 +52,9 @@ class ModelConfig:
     # what compile_unet compiles: the whole UNet, or each of its repeated transformer blocks (diffusers' regional
     # compilation: one block's code serves all blocks of its shape, so compiling takes a fraction of the time)
     compile_unet_scope: str = "blocks"
+    # with compiled parts: the share (0-1] of their activations the compiler may keep for the backward pass; it
+    # recomputes the cheapest of the rest there (torch._functorch.config.activation_memory_budget)
+    activation_memory_budget: Optional[float] = None
 
     def __post_init__(self) -> None:
         require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
@@ -71,6 +74,12 @@ class ModelConfig:
                     f"got {self.compile_mode!r}")
             require(self.compile_unet is not None or self.compile_text_encoders is not None, "model.compile_mode",
                     "applies to compiled parts only: set model.compile_unet and/or model.compile_text_encoders")
+        if self.activation_memory_budget is not None:
+            require(0 < self.activation_memory_budget <= 1, "model.activation_memory_budget",
+                    f"must be in (0, 1], got {self.activation_memory_budget}")
+            require(self.compile_unet is not None or self.compile_text_encoders is not None,
+                    "model.activation_memory_budget", "applies to compiled parts only: set model.compile_unet "
+                    "and/or model.compile_text_encoders")
         require(self.compile_unet_scope in COMPILE_SCOPES, "model.compile_unet_scope",
                 f"must be one of {COMPILE_SCOPES}, got {self.compile_unet_scope!r}")
         require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from aldar_lit.models.compilation import compile_parts
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import TE1, TE2, UNET, adapted_layers, attach_lora, uncast_adapter_inputs
 from aldar_lit.training.conditioning import encode_prompts, time_ids
@@ -69,15 +70,7 @@ class SDXLLoRAModule(L.LightningModule):
             if self.lora_cfg.train_text_encoders:
                 for encoder in (self.text_encoder, self.text_encoder_2):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
-        mode = self.model_cfg.compile_mode
-        if self.model_cfg.compile_unet is not None:  # in place: parameter names unchanged
-            if self.model_cfg.compile_unet_scope == "blocks":
-                self.unet.compile_repeated_blocks(backend=self.model_cfg.compile_unet, mode=mode)
-            else:
-                self.unet.compile(backend=self.model_cfg.compile_unet, mode=mode)
-        if self.model_cfg.compile_text_encoders is not None:
-            for encoder in (self.text_encoder, self.text_encoder_2):
-                encoder.compile(backend=self.model_cfg.compile_text_encoders, mode=mode)
+        compile_parts(self.model_cfg, self.unet, (self.text_encoder, self.text_encoder_2))
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}

@@ -202,13 +202,18 @@ def run(cfg: DictConfig) -> float:
 def memory_advice(config: TrainConfig) -> list[str]:
     """Overrides that lower training memory, among those this run does not use yet, largest effect first.
 
-    The figures are the seed recipe's peak on one H200, 39.4 GiB as it stands
+    The figures are the seed recipe's peak on one H200 (unless they say otherwise), 39.4 GiB as it stands
     (`benchmarks/results/train_step_sdxl_arch_h200.json`).
     """
     advice = []
     if not config.model.gradient_checkpointing:
         advice.append("model.gradient_checkpointing=true (recompute activations in the backward pass; "
                       "SDXL recipe: 16.6 GiB, 36% slower)")
+    if config.model.activation_memory_budget is None:
+        compile_unet = "" if config.model.compile_unet else "model.compile_unet=inductor "
+        advice.append(f"{compile_unet}model.activation_memory_budget=0.5 (the compiler recomputes the cheapest "
+                      "activations instead of keeping them; SDXL architecture, measured on a CPU: 65% less kept "
+                      "for the backward pass; GPU peak and speed not measured yet)")
     if config.data.batch_size > 1:
         advice.append(f"data.batch_size={config.data.batch_size // 2} +trainer.accumulate_grad_batches=2 "
                       "(the same effective batch; activations scale with the batch)")
