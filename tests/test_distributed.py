@@ -46,14 +46,17 @@ def one_process_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["lightning", "torchrun", "slurm"])
+@pytest.mark.parametrize(("launcher", "compiled"),
+                         [("lightning", False), ("torchrun", False), ("slurm", False), ("lightning", True)])
 def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(one_process_run: Path, tmp_path: Path,
-                                                                           launcher: str) -> None:
+                                                                           launcher: str, compiled: bool) -> None:
+    # compiled: the UNet's blocks by inductor on each rank, under DDP's gradient hooks
+    overrides = (*COMMON, *TWO_RANKS, *(["model.compile_unet=inductor"] if compiled else []))
     # under torchrun and SLURM, Lightning finds its cluster environment and starts no processes of its own
     if launcher == "slurm":
-        train_as_slurm_tasks(tmp_path, *COMMON, *TWO_RANKS)
+        train_as_slurm_tasks(tmp_path, *overrides)
     else:
-        train(tmp_path, *COMMON, *TWO_RANKS, launcher=TORCHRUN if launcher == "torchrun" else ())
+        train(tmp_path, *overrides, launcher=TORCHRUN if launcher == "torchrun" else ())
     for run in (one_process_run, tmp_path):
         assert json.loads((run / "summary.json").read_text())["global_step"] == 3
     single = load_file(one_process_run / "lora" / "pytorch_lora_weights.safetensors")
@@ -61,7 +64,7 @@ def test_ddp_on_two_processes_matches_one_process_with_the_same_global_batch(one
     assert single.keys() == ddp.keys()
     changed = 0
     for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-3 if compiled else 1e-4, atol=1e-5)
         changed += int(".up." in key and single[key].abs().max() > 0)
     assert changed > 0  # the runs trained something
 
