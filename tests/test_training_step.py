@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
-from aldar_lit.models.compilation import set_activation_memory_budget
+from aldar_lit.models.compilation import repeated_blocks, set_activation_memory_budget
 from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.saved_activations import SavedActivations
 
@@ -163,7 +163,7 @@ def test_channels_last_and_compiled_parts_train_the_same_adapters(tiny_model_con
         module = make_module(replace(tiny_model_config, **switches))
         module.configure_model()
         if switches is compiled_blocks:  # each transformer block compiled on its own, the UNet around them not
-            blocks = [m for m in module.unet.modules() if type(m).__name__ in module.unet._repeated_blocks]
+            blocks = repeated_blocks(module.unet)
             assert blocks and all(m._compiled_call_impl is not None for m in blocks)
             assert module.unet._compiled_call_impl is None
         loss = module.compute_loss(batch, torch.Generator().manual_seed(5))
