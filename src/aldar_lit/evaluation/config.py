@@ -24,7 +24,8 @@ class SuiteConfig:
 
     prompts: list[str] = field(default_factory=list)
     story_files: list[str] = field(default_factory=list)  # scene lists as infer.py reads them
-    seeds: list[int] = field(default_factory=lambda: [1000, 2000, 3000, 4000])  # generation.seed of each pass
+    # generation.seed of each pass; 10 storyboards are what the clustered statistics need (conf/evaluate.yaml)
+    seeds: list[int] = field(default_factory=lambda: [1000 * (i + 1) for i in range(10)])
     trigger: str = "aldar_kose_man"
     style: str = ""
 

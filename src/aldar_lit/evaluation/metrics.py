@@ -19,7 +19,7 @@ from PIL import Image
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
 from aldar_lit.evaluation.generation import StoryboardRun
-from aldar_lit.evaluation.statistics import Estimate, bootstrap_mean, paired_difference
+from aldar_lit.evaluation.statistics import Estimate, cluster_mean, paired_difference
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
@@ -205,24 +205,33 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["metric"] for r in rows))
 
 
+def storyboard(row: dict[str, Any]) -> tuple:
+    """The cluster a row belongs to: its storyboard (story x seed)."""
+    return row["story"], row["seed"]
+
+
 def summarise(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, confidence: float,
               seed: int) -> list[dict[str, Any]]:
-    """Per mode x metric: mean with bootstrap CI over the units that have a value, and how many do."""
+    """Per mode x metric: mean with a storyboard-clustered bootstrap CI over the units that have a value, and how
+    many units and storyboards do."""
     summary = []
     for metric in metric_names(rows):
         for mode in modes:
-            values = np.array([r["value"] for r in rows if r["metric"] == metric and r["mode"] == mode], float)
-            if len(values) == 0:
+            selected = [r for r in rows if r["metric"] == metric and r["mode"] == mode]
+            if not selected:
                 continue
-            est = bootstrap_mean(values, num_resamples, confidence, seed)
-            summary.append({"mode": mode, "metric": metric, "n": est.n, "n_total": len(values), "mean": est.mean,
-                            "ci_low": est.ci_low, "ci_high": est.ci_high})
+            est = cluster_mean([r["value"] for r in selected], [storyboard(r) for r in selected], num_resamples,
+                               confidence, seed)
+            summary.append({"mode": mode, "metric": metric, "n": est.n, "n_total": len(selected),
+                            "storyboards": est.clusters, "mean": est.mean, "ci_low": est.ci_low,
+                            "ci_high": est.ci_high})
     return summary
 
 
 def compare(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, confidence: float,
             seed: int) -> list[dict[str, Any]]:
-    """Paired differences (later mode minus earlier, e.g. simple - baseline) per metric over shared units."""
+    """Paired differences (later mode minus earlier, e.g. simple - baseline) per metric over shared units
+    (story, seed, frame), clustered by storyboard: bootstrap CI, sign-flip p-value, minimum detectable effect."""
     comparisons = []
     by_key = {(r["metric"], r["mode"], r["story"], r["seed"], r["frame"]): r["value"] for r in rows}
     for metric in metric_names(rows):
@@ -235,8 +244,10 @@ def compare(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, co
                 continue
             est: Estimate = paired_difference([by_key[(metric, treatment, *u)] for u in units],
                                               [by_key[(metric, control, *u)] for u in units],
-                                              num_resamples, confidence, seed)
+                                              [u[:2] for u in units], num_resamples, confidence, seed)
             comparisons.append({"metric": metric, "treatment": treatment, "control": control,
-                                "n_pairs": est.n, "n_units": len(units), "mean_diff": est.mean,
-                                "ci_low": est.ci_low, "ci_high": est.ci_high, "significant": est.significant})
+                                "n_pairs": est.n, "n_units": len(units), "storyboards": est.clusters,
+                                "mean_diff": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high,
+                                "p_value": est.p_value, "p_method": est.p_method, "mde": est.mde,
+                                "significant": est.significant})
     return comparisons
