@@ -1,14 +1,19 @@
-"""Exported adapters: diffusers format reproduces the trained weights, kohya keys carry the real alpha."""
+"""Exported adapters: diffusers and kohya files reproduce the trained model, the card says what it was trained for."""
 
 from __future__ import annotations
+
+import os
+import re
+import stat
 
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors import safe_open
 
+from aldar_lit.artifacts import ADAPTER_CARD, AdapterCard, read_adapter_card
 from aldar_lit.config import LoraConfig
-from aldar_lit.models.export import export_lora
+from aldar_lit.models.export import KOHYA_WEIGHTS, export_lora
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import attach_lora
 
@@ -48,12 +53,8 @@ def test_text_encoder_1_last_layer_has_no_adapter(trained) -> None:
     assert any(f".layers.{last}." in n for n, _ in modules["text_encoder_2"].named_parameters() if "lora_" in n)
 
 
-def test_diffusers_export_reproduces_trained_model(trained, tmp_path, tiny_model_dir) -> None:
-    parts, modules, cfg = trained
-    export_lora(modules, cfg, tmp_path / "lora")
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
-    pipe.load_lora_weights(tmp_path / "lora")
-
+def assert_reproduces(parts, pipe: StableDiffusionXLPipeline) -> None:
+    """The pipeline's text encoders and UNet compute what the trained ones do."""
     ids = parts.tokenizer(["aldar_kose_man waving"], padding="max_length", return_tensors="pt").input_ids
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
     cond = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
@@ -66,6 +67,31 @@ def test_diffusers_export_reproduces_trained_model(trained, tmp_path, tiny_model
             )
         expected = parts.unet(latents, 500, prompt, added_cond_kwargs=cond).sample
         torch.testing.assert_close(pipe.unet(latents, 500, prompt, added_cond_kwargs=cond).sample, expected)
+
+
+def test_diffusers_export_reproduces_trained_model(trained, tmp_path, tiny_model_dir) -> None:
+    parts, modules, cfg = trained
+    export_lora(modules, cfg, tmp_path / "lora")
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    pipe.load_lora_weights(tmp_path / "lora")
+    assert_reproduces(parts, pipe)
+
+
+def test_kohya_export_in_ldm_naming_reproduces_trained_model(trained, tmp_path, tiny_model_dir) -> None:
+    """kohya's SDXL tools name UNet modules as the LDM UNet does; diffusers' own kohya loader maps those names
+    back (from the UNet config) and the result computes what the trained model does, with alpha != rank."""
+    parts, modules, cfg = trained
+    assert cfg.alpha != cfg.rank
+    paths = export_lora(modules, cfg, tmp_path / "lora")
+    with safe_open(paths["kohya"], "pt") as f:
+        unet_modules = {k.split(".")[0] for k in f.keys() if k.startswith("lora_unet_")}
+    adapted = {n for n, m in modules["unet"].named_modules() if hasattr(m, "lora_A")}
+    assert len(unet_modules) == len(adapted)
+    ldm_name = re.compile(r"lora_unet_(input_blocks_\d+_\d|middle_block_\d|output_blocks_\d+_\d)_")
+    assert all(ldm_name.match(m) for m in unet_modules)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+    pipe.load_lora_weights(tmp_path / "lora", weight_name=KOHYA_WEIGHTS)
+    assert_reproduces(parts, pipe)
 
 
 def test_loaded_adapter_changes_pipeline_output(trained, tmp_path, tiny_model_dir) -> None:
@@ -102,5 +128,36 @@ def test_export_replaces_previous_adapter_whole(trained, tmp_path) -> None:
     export_lora(modules, cfg, out)
     (out / "stale.txt").write_text("from an older export")
     export_lora(modules, cfg, out)
-    assert sorted(p.name for p in out.iterdir()) == ["lora_kohya.safetensors", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [ADAPTER_CARD, "lora_kohya.safetensors",
+                                                     "pytorch_lora_weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["lora"]
+
+
+def test_export_honours_the_umask(trained, tmp_path) -> None:
+    """A teammate on a shared cluster can read the adapter, as every other output (umask 022: 0755 / 0644)."""
+    _, modules, cfg = trained
+    previous = os.umask(0o022)
+    try:
+        export_lora(modules, cfg, tmp_path / "lora")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "lora").stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "lora").iterdir()} == {0o644}
+
+
+def test_adapter_card_records_what_the_adapter_was_trained_for(trained, tmp_path) -> None:
+    _, modules, cfg = trained
+    export_lora(modules, cfg, tmp_path / "lora", base_model="stabilityai/stable-diffusion-xl-base-1.0",
+                trigger="aldar_kose_man", prediction_type="v_prediction", resolution=1024, training_steps=400,
+                best_score=0.93)
+    card = read_adapter_card(tmp_path / "lora")
+    assert card == AdapterCard(
+        rank=4, alpha=8.0, unet_targets=["to_q", "to_k", "to_v", "to_out.0"],
+        text_encoder_targets=["q_proj", "k_proj", "v_proj", "out_proj"],
+        files={"diffusers": "pytorch_lora_weights.safetensors", "kohya": "lora_kohya.safetensors"},
+        base_model="stabilityai/stable-diffusion-xl-base-1.0", trigger="aldar_kose_man",
+        prediction_type="v_prediction", resolution=1024, training_steps=400, best_score=0.93, version=1,
+    )
+    (tmp_path / "lora" / ADAPTER_CARD).write_text('{"version": 99}')
+    with pytest.raises(ValueError, match=ADAPTER_CARD):
+        read_adapter_card(tmp_path / "lora")

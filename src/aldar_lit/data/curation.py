@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.images import DataError, list_image_files, load_rgb, read_caption
 from aldar_lit.data.prep_config import CurateConfig
@@ -213,9 +213,7 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         "balance": balance_report(verdicts, cfg.balance_reference),
     }
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
-    try:
+    with replacing_dir(output_dir) as staging:  # an earlier curation (checked above) is replaced as a whole
         for verdict in kept:
             source = paths[verdict.file]
             target = staging / KEPT_DIR / verdict.file
@@ -227,12 +225,6 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         (staging / REPORT_MD).write_text(markdown_report(report), encoding="utf-8")
         sheet = contact_sheet([paths[v.file] for v in kept], cfg.contact_sheet_thumb, cfg.contact_sheet_columns)
         sheet.save(staging / CONTACT_SHEET)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)  # an earlier curation (checked above), replaced as a whole
-        os.replace(staging, output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return report
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from aldar_lit.atomic_write import replacing_dir
 
 FORMAT_VERSION = 1
 
@@ -225,38 +225,29 @@ def generate_demo_dataset(
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not a demo dataset generated with {args}; use another directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"  # sibling, so os.replace is atomic
-    tmp.mkdir()  # unlike tempfile.mkdtemp this honours the umask (no private 0700 dataset)
     try:
-        rng = random.Random(seed)
-        attributes = (VIEWS, POSES, SHOTS, BACKGROUNDS, tuple(_ROBES))
-        picks = zip(*(_deck(rng, items, num_images) for items in attributes))
-        images, digits = [], max(3, len(str(num_images - 1)))
-        for i, (view, pose, shot, background, robe) in enumerate(picks):
-            img = Image.new("RGB", (2 * size, 2 * size))
-            _draw_background(img, background, rng)
-            _draw_figure(img, _VIEW_TURN[view], pose, shot, robe, rng)
-            name = f"{i:0{digits}d}"
-            img.resize((size, size), Image.LANCZOS).save(tmp / f"{name}.png")
-            caption = (
-                f"{trigger}, a cheerful man with a tall pointed felt hat, a wide smile and a long {robe} patterned robe, "
-                f"{shot}, {view}, {pose}, {background}."
-            )
-            (tmp / f"{name}.txt").write_text(caption, encoding="utf-8")
-            images.append({"image": f"{name}.png", "caption_file": f"{name}.txt", "view": view, "pose": pose,
-                           "shot": shot, "background": background, "robe": robe})
-        manifest = {"format_version": FORMAT_VERSION, "args": args, "images": images}
-        (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty (checked above); os.replace cannot overwrite a directory everywhere
-        os.replace(tmp, out)
+        with replacing_dir(out, replace_existing=False) as tmp:  # an empty `out` is replaced
+            rng = random.Random(seed)
+            attributes = (VIEWS, POSES, SHOTS, BACKGROUNDS, tuple(_ROBES))
+            picks = zip(*(_deck(rng, items, num_images) for items in attributes))
+            images, digits = [], max(3, len(str(num_images - 1)))
+            for i, (view, pose, shot, background, robe) in enumerate(picks):
+                img = Image.new("RGB", (2 * size, 2 * size))
+                _draw_background(img, background, rng)
+                _draw_figure(img, _VIEW_TURN[view], pose, shot, robe, rng)
+                name = f"{i:0{digits}d}"
+                img.resize((size, size), Image.LANCZOS).save(tmp / f"{name}.png")
+                caption = (
+                    f"{trigger}, a cheerful man with a tall pointed felt hat, a wide smile and a long {robe} "
+                    f"patterned robe, {shot}, {view}, {pose}, {background}."
+                )
+                (tmp / f"{name}.txt").write_text(caption, encoding="utf-8")
+                images.append({"image": f"{name}.png", "caption_file": f"{name}.txt", "view": view, "pose": pose,
+                               "shot": shot, "background": background, "robe": robe})
+            manifest = {"format_version": FORMAT_VERSION, "args": args, "images": images}
+            (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if _is_generated(out, args):  # a concurrent call (e.g. another rank) finished the same dataset first
             return out
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out

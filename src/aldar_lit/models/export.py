@@ -1,11 +1,12 @@
-"""Export trained LoRA adapters: diffusers format for `load_lora_weights`, kohya format for ComfyUI/A1111."""
+"""Export trained LoRA adapters: diffusers format for `load_lora_weights`, kohya format for kohya's SDXL tools,
+ComfyUI and A1111, and the adapter card, all in one directory that appears complete or not at all."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -13,6 +14,8 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_
 from safetensors.torch import save_file
 from torch import nn
 
+from aldar_lit.artifacts import AdapterCard, write_adapter_card
+from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import LoraConfig
 from aldar_lit.models.lora import TE1, TE2, UNET, adapter_config, lora_state_dict
 
@@ -34,13 +37,61 @@ def peft_state_dicts(trained: dict[str, nn.Module]) -> dict[str, dict[str, torch
     }
 
 
-def kohya_state_dict(peft_dicts: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
-    """kohya keys (`lora_unet_*`, `lora_te1_*`, `lora_te2_*`, `lora_down`/`lora_up`) with the configured alpha.
+# Outside the down/mid/up blocks, and inside a ResNet block, the two UNets name modules differently.
+_LDM_TOP_LEVEL = {"conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+                  "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                  "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+_LDM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_BLOCK_MODULE = re.compile(r"(down_blocks|mid_block|up_blocks)\.(?:(\d+)\.)?"
+                           r"(resnets|attentions|downsamplers|upsamplers)\.(\d+)(\..+)?")
+
+
+def ldm_unet_module(name: str, unet_config: Any) -> str:
+    """A diffusers UNet module path in the SDXL (sgm/LDM) UNet's naming, which kohya's SDXL LoRAs use.
+
+    In SDXL `down_blocks.1.attentions.0.X` is `input_blocks.4.1.X`. Every level of the LDM UNet holds its
+    layers plus one down/upsampler slot, so the indices follow from `layers_per_block` and from which up
+    blocks have attention: any UNet of the SDXL family maps, whatever its size.
+    """
+    for ours, ldm in _LDM_TOP_LEVEL.items():
+        if name == ours or name.startswith(f"{ours}."):
+            return ldm + name[len(ours):]
+    match = _BLOCK_MODULE.fullmatch(name)
+    if match is None:
+        raise ValueError(f"{name}: this UNet module has no SDXL (LDM) name for the kohya export")
+    group, block, kind, layer, rest = match.groups()
+    rest, layer, per_level = rest or "", int(layer), unet_config.layers_per_block + 1
+    if kind == "resnets":
+        inner, _, tail = rest[1:].partition(".")
+        rest = f".{_LDM_RESNET.get(inner, inner)}" + (f".{tail}" if tail else "")
+    if group == "mid_block":  # resnet, attention, resnet
+        return f"middle_block.{2 * layer + (kind == 'attentions')}{rest}"
+    level = int(block)
+    if kind == "downsamplers":
+        return f"input_blocks.{(level + 1) * per_level}.0{rest.replace('.conv', '.op', 1)}"
+    if kind == "upsamplers":
+        has_attention = "CrossAttn" in unet_config.up_block_types[level]
+        return f"output_blocks.{level * per_level + per_level - 1}.{1 + has_attention}{rest}"
+    index = 1 + level * per_level + layer if group == "down_blocks" else level * per_level + layer
+    return f"{'input' if group == 'down_blocks' else 'output'}_blocks.{index}.{int(kind == 'attentions')}{rest}"
+
+
+def kohya_state_dict(peft_dicts: dict[str, dict[str, torch.Tensor]], alpha: float,
+                     unet_config: Any) -> dict[str, torch.Tensor]:
+    """kohya keys (`lora_unet_*` in the LDM UNet's naming, `lora_te1_*`, `lora_te2_*`, `lora_down`/`lora_up`)
+    with the configured alpha.
 
     diffusers' converter writes alpha = rank for every module, which rescales the adapter by
     alpha/rank whenever the two differ; the trained alpha is written instead.
     """
-    prefixed = {f"{part}.{key}": value for part, sd in peft_dicts.items() for key, value in sd.items()}
+    def renamed(part: str, key: str) -> str:
+        if part != UNET:
+            return key
+        module, lora_weight = key.split(".lora_", 1)
+        return f"{ldm_unet_module(module, unet_config)}.lora_{lora_weight}"
+
+    prefixed = {f"{part}.{renamed(part, key)}": value for part, sd in peft_dicts.items() for key, value in sd.items()}
     converted = convert_state_dict_to_kohya(prefixed)
     return {
         key: torch.tensor(float(alpha)) if key.endswith(".alpha") else value.contiguous()
@@ -48,15 +99,24 @@ def kohya_state_dict(peft_dicts: dict[str, dict[str, torch.Tensor]], alpha: floa
     }
 
 
-def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write both adapter files into `out_dir`, which appears complete or not at all."""
+def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | os.PathLike, *,
+                base_model: Optional[str] = None, trigger: Optional[str] = None,
+                prediction_type: Optional[str] = None, resolution: Optional[int] = None,
+                training_steps: Optional[int] = None, best_score: Optional[float] = None) -> dict[str, Path]:
+    """Write both adapter files and the adapter card (the keyword arguments) into `out_dir`, which appears
+    complete or not at all; return the adapter files by format."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     peft_dicts = peft_state_dicts(trained)
     to_diffusers = {part: convert_state_dict_to_diffusers(sd) for part, sd in peft_dicts.items()}
     metadata = {part: adapter_config(model).to_dict() for part, model in trained.items()}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    files = {"diffusers": DIFFUSERS_WEIGHTS, "kohya": KOHYA_WEIGHTS}
+    card = AdapterCard(
+        rank=cfg.rank, alpha=cfg.alpha, unet_targets=list(cfg.unet_targets),
+        text_encoder_targets=list(cfg.text_encoder_targets) if TE1 in trained else [], files=files,
+        base_model=base_model, trigger=trigger, prediction_type=prediction_type, resolution=resolution,
+        training_steps=training_steps, best_score=best_score,
+    )
+    with replacing_dir(out_dir) as tmp:
         StableDiffusionXLPipeline.save_lora_weights(
             tmp,
             unet_lora_layers=to_diffusers[UNET],
@@ -68,7 +128,7 @@ def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | o
             weight_name=DIFFUSERS_WEIGHTS,
         )
         save_file(
-            kohya_state_dict(peft_dicts, cfg.alpha),
+            kohya_state_dict(peft_dicts, cfg.alpha, trained[UNET].config),
             tmp / KOHYA_WEIGHTS,
             metadata={
                 "ss_network_module": "networks.lora",
@@ -77,19 +137,5 @@ def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | o
                 "ss_base_model_version": "sdxl_base_v1-0",
             },
         )
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"diffusers": out_dir / DIFFUSERS_WEIGHTS, "kohya": out_dir / KOHYA_WEIGHTS}
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing an older `dst` only once the new one is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)
+        write_adapter_card(tmp, card)
+    return {format_: out_dir / name for format_, name in files.items()}
