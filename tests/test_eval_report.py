@@ -6,11 +6,12 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from aldar_lit.evaluation.generation import StoryboardRun
-from aldar_lit.evaluation.metrics import Scorers, measure
+from aldar_lit.evaluation.metrics import Measurements, Scorers, measure
 from aldar_lit.evaluation.run import write_report
 from fixtures_eval import astronaut, cat, dlib_embedder, grace_hopper  # noqa: F401
 from test_eval_bad_input import eval_config, write_manifest
@@ -47,10 +48,72 @@ def test_report_from_faces_and_non_faces(tmp_path, dlib_embedder):
     frame1 = comparisons[("id_to_frame1/dlib", "simple")]
     assert frame1["n_pairs"] == 0 and math.isnan(frame1["mean_diff"])
     report = (out / "report.md").read_text()
-    assert "| face_detected/dlib | simple − baseline | 0.6667" in report
+    assert "| face_detected/dlib | simple − baseline | 0.6667 | – | – | 1 | 3 / 3 | not claimed |" in report
     assert "Not comparable (no unit has a value in both modes" in report and "id_to_frame1/dlib" in report
-    assert "fewer than 10 pairs" in report and "identity/dlib: dlib" in report
+    assert "identity/dlib: dlib" in report
+    assert "- Face detection rate: baseline 0.33 (dlib), simple 1.00 (dlib)." in report
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["metric"] for r in rows} >= {"clip_t", "face_detected/dlib", "story_consistency/dlib", "seconds"}
     assert len([r for r in rows if r["metric"] == "clip_t"]) == 6
+
+
+def synthetic_clip_t(board_differences: list[float], seed: int = 0) -> list[dict]:
+    """clip_t rows of 25 frames per storyboard in baseline and simple, simple - baseline = the storyboard's
+    difference plus small frame noise; a storyboard is (story, seed)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for board, difference in enumerate(board_differences):
+        level = rng.normal(0.3, 0.02)
+        for frame in range(1, 26):
+            base = level + rng.normal(0, 0.01)
+            for mode, value in (("baseline", base), ("simple", base + difference + rng.normal(0, 0.002))):
+                rows.append({"mode": mode, "story": "suite", "seed": board, "frame": frame, "prompt": f"p{frame}",
+                             "metric": "clip_t", "value": value})
+    return rows
+
+
+def report_of(tmp_path, rows, *overrides: str) -> tuple[str, list[dict]]:
+    from aldar_lit.quality.clip_scorer import ClipScorer
+
+    cfg = eval_config(tmp_path, "modes=[baseline,simple]", "identity.backends=[dlib]", "stats.num_resamples=2000",
+                      *overrides)
+    out = tmp_path / "report"
+    out.mkdir(exist_ok=True)
+    scorers = Scorers(ClipScorer("aldar-tiny-clip", None), None, {})
+    result = write_report(cfg, out, [], Measurements(rows, {}), scorers, ["baseline", "simple"])
+    return (out / "report.md").read_text(), result["comparisons"]
+
+
+REAL_WEIGHTS = ("model.random_init=null", "scorer.clip_pretrained=openai", "scorer.dino=null")
+
+
+def test_significance_follows_the_storyboards_not_the_frames(tmp_path):
+    """Storyboard differences that straddle 0 (mean 0.01, spread 0.04) over 250 tightly clustered frames: a
+    frame-level analysis would call them significant (z ~ 4); resampling the 10 storyboards does not."""
+    straddling = [0.05, -0.03, 0.06, -0.02, 0.04, -0.04, 0.05, -0.01, 0.03, -0.03]
+    report, comparisons = report_of(tmp_path, synthetic_clip_t(straddling), *REAL_WEIGHTS)
+    (clip_t,) = comparisons
+    assert clip_t["storyboards"] == 10 and clip_t["n_pairs"] == 250
+    assert clip_t["mean_diff"] == pytest.approx(0.01, abs=1e-3)
+    assert clip_t["ci_low"] < 0 < clip_t["ci_high"] and clip_t["p_value"] > 0.2 and clip_t["significant"] is False
+    assert "Significant under the clustered analysis: none." in report and "Test mode" not in report
+    assert "exact sign-flip (all 1024 patterns)" in report
+    assert clip_t["mde"] > 0.02  # the suite cannot see a 0.01 difference with this spread between storyboards
+
+    consistent = [0.02 + 0.002 * i for i in range(10)]
+    report, comparisons = report_of(tmp_path, synthetic_clip_t(consistent), *REAL_WEIGHTS)
+    assert comparisons[0]["significant"] is True and comparisons[0]["p_value"] == pytest.approx(2 / 1024)
+    assert "Significant under the clustered analysis: `clip_t` simple − baseline (0.0290, p = 0.002)" in report
+    assert "| **yes** |" in report
+
+
+def test_random_weights_make_no_claim_and_say_so_first(tmp_path):
+    consistent = [0.02 + 0.002 * i for i in range(10)]
+    report, comparisons = report_of(tmp_path, synthetic_clip_t(consistent))
+    warning = report.index("**Test mode: random weights (model tiny (random_init=tiny); CLIP scorer aldar-tiny-clip")
+    assert warning < report.index("## Models used") < report.index("## Paired comparisons")
+    assert comparisons[0]["significant"] is None and comparisons[0]["p_value"] == pytest.approx(2 / 1024)
+    assert "**yes**" not in report and "| not claimed |" in report and "Significant under" not in report
+    with (tmp_path / "report" / "comparisons.csv").open() as f:
+        assert [row["significant"] for row in csv.DictReader(f)] == [""]

@@ -110,6 +110,18 @@ class EvalConfig:
         require(self.max_reference_images > 0, "max_reference_images", "must be positive")
 
 
+    def random_weight_parts(self) -> list[str]:
+        """What runs with random weights (the tiny configs): its numbers measure nothing, so nothing is claimed."""
+        parts = []
+        if self.model.random_init is not None:
+            parts.append(f"model {self.model.name} (random_init={self.model.random_init})")
+        if self.scorer.clip_pretrained is None:
+            parts.append(f"CLIP scorer {self.scorer.clip_model}")
+        if self.scorer.dino is not None and not self.scorer.dino.pretrained:
+            parts.append(f"DINO scorer {self.scorer.dino.model_name}")
+        return parts
+
+
 def register_evaluate_configs() -> None:
     ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
 

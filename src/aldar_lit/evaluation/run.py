@@ -32,6 +32,9 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
     st = cfg.stats
     summary = summarise(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
     comparisons = compare(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
+    random_weights = cfg.random_weight_parts()
+    if random_weights:  # test mode: the statistics are kept, the verdicts are not
+        comparisons = [{**c, "significant": None} for c in comparisons]
     write_text(out_dir / "results.csv", report.to_csv(measurements.rows, report.RESULT_COLUMNS))
     write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
     write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
@@ -47,8 +50,8 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
              "LoRA": cfg.lora.path, "generation": f"{cfg.generation.width}x{cfg.generation.height}, "
              f"{cfg.generation.steps} steps, CFG {cfg.generation.guidance_scale}",
              "reference images": cfg.reference_images}
-    write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons,
-                                                                    scorers.versions(cfg), notes, st.confidence))
+    write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons, scorers.versions(cfg),
+                                                            notes, st.confidence, random_weights))
     plots = [out_dir / "metric_bars.png"]
     report.plot_metric_bars(summary, plots[0])
     for backend in scorers.identity:
