@@ -21,15 +21,17 @@ from aldar_lit.config import ConfigError
 from aldar_lit.data.captioning import caption_folder, image_tokens
 from aldar_lit.config import to_schema
 from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs
+from aldar_lit.redaction import scrub
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-DO-NOT-LEAK-8f3a9c"
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 
 
-def completion(content: str) -> dict:
+def completion(content: str, finish_reason: str = "stop") -> dict:
     return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-4o",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", "content": content}}],
             "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160}}
 
 
@@ -220,21 +222,69 @@ def test_missing_key_and_bad_values_fail_before_any_call(images, serve) -> None:
     assert server.requests == []
 
 
-def test_cli_never_writes_or_logs_the_api_key(images, serve, tmp_path) -> None:
-    server = serve()
-    run_dir = tmp_path / "run"
+BAD_REPLIES = {  # reply to the green image -> what its failure must say
+    "empty": (completion("  "), "empty or non-text caption"),
+    "cut_off": (completion("aldar_kose_man in a medium shot, front view, standing in", "length"),
+                "cut off at max_tokens=200 (finish_reason 'length')"),
+    "too_long": (completion("aldar_kose_man " + "in a blue robe " * 700), "over max_caption_chars=1000"),
+    "refusal": (completion("I can't help with that."), "the model refused: \"I can't help with that.\""),
+    "polite_refusal": (completion("I’m sorry, but I can’t describe this image."), "the model refused"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_REPLIES))
+def test_a_bad_reply_is_a_failure_with_its_reason_and_nothing_is_written_or_cached(images, serve, kind) -> None:
+    reply, reason = BAD_REPLIES[kind]
+
+    def bad_for_green(body, n):
+        return (200, {}, json.dumps(reply).encode()) if colour_of_request(body) == "green" else describe(body)
+
+    report = caption_folder(config(images, serve(bad_for_green).base_url), api_key=SECRET)
+    assert sorted(report.captioned) == ["blue.png", "red.png"]
+    assert [f["file"] for f in report.failures] == ["green.png"]
+    assert report.failures[0]["error"].startswith("RejectedCaption: ") and reason in report.failures[0]["error"]
+    assert not (images / "green.txt").exists()
+    assert len(list((images.parent / "cache").rglob("*.json"))) == 2  # red and blue only
+
+    again = caption_folder(config(images, serve().base_url), api_key=SECRET)  # a good server now: green is asked
+    assert again.captioned == ["green.png"] and again.api_requests == 1
+
+
+def test_cli_never_writes_the_key_even_echoed_in_a_401_and_exits_non_zero_on_a_failure(images, serve, tmp_path) -> None:
+    other_key = "sk-proj-AnotherKeyShape0123456789"
+
+    def unauthorised_for_red(body, n):
+        if colour_of_request(body) != "red":
+            return describe(body)
+        message = f"Incorrect API key provided: Bearer {SECRET}. Also tried {other_key}."
+        return 401, {}, json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}}).encode()
+
+    server = serve(unauthorised_for_red)
     env = {**os.environ, "OPENAI_API_KEY": SECRET, "ALDAR_LIT_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "aldar_lit.caption", f"input_dir={images}", f"base_url={server.base_url}",
-         f"hydra.run.dir={run_dir}"],
+         f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode != 0
+    assert "1 of 3 images failed" in result.stderr
     assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)
     report = json.loads((images / "caption_report.json").read_text())
-    assert len(report["captioned"]) == 3
-    assert SECRET not in result.stdout + result.stderr
+    assert report["failed"] == 1 and sorted(report["captioned"]) == ["blue.png", "green.png"]
+    [failure] = report["failures"]
+    assert failure["file"] == "red.png" and "AuthenticationError" in failure["error"]
+    assert "Incorrect API key provided: <redacted>" in failure["error"] and "Also tried <redacted>" in failure["error"]
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".log" for p in written) and any(p.name == "config.yaml" for p in written)
-    leaking = [p for p in written if SECRET.encode() in p.read_bytes()]
-    assert leaking == []
+    assert any(p.suffix == ".log" and "Incorrect API key" in p.read_text() for p in written)  # the log has the error
+    assert any(p.name == "config.yaml" for p in written)
+    for secret in (SECRET, other_key, "Bearer sk-"):
+        assert secret not in result.stdout + result.stderr
+        assert [p for p in written if secret.encode() in p.read_bytes()] == []
+
+
+def test_scrub_removes_the_configured_key_and_key_shapes_only() -> None:
+    text = f"401: key {SECRET} / Authorization: Bearer abc.def-123 / sk-live_0123456789 / 12 sk-ins / max_tokens"
+    assert scrub(text, [SECRET, None, "x"]) == ("401: key <redacted> / Authorization: <redacted> / <redacted> / "
+                                               "12 sk-ins / max_tokens")
+    assert scrub("a plain error", ["plainerr"]) == "a plain error"

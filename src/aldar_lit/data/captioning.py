@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,11 +31,15 @@ from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.dataset import with_trigger
 from aldar_lit.data.images import DataError, list_image_files, load_rgb
 from aldar_lit.data.prep_config import CaptionConfig
+from aldar_lit.redaction import scrub
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "OPENAI_API_KEY"
 CACHE_FORMAT = 1
+# How chat models open a refusal written as the answer itself (not in the API's `refusal` field).
+REFUSAL = re.compile(r"^\W*(?:i(?:'|’)?m sorry|sorry\b|i(?: am|'m|’m) (?:unable|not able)|i (?:can(?:'|’)?t|cannot|"
+                     r"won(?:'|’)?t) (?:help|assist|describe|caption|provide|do)|as an ai\b)", re.IGNORECASE)
 
 
 def image_tokens(width: int, height: int, detail: str) -> int:
@@ -75,7 +80,7 @@ class CaptionReport:
     would_caption: list[str] = field(default_factory=list)  # dry run only
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "failed": len(self.failures)}
 
 
 class Captioner:
@@ -109,21 +114,33 @@ class Captioner:
         with self._lock:
             self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
             self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-        return clean_caption(response, self.cfg.trigger)
+        return clean_caption(response, self.cfg)
 
 
-def clean_caption(response: Any, trigger: str) -> str:
-    """The caption text of a chat-completion response, trigger first; `ValueError` if there is none."""
+class RejectedCaption(ValueError):
+    """A reply that is no usable caption: malformed, empty, cut off, too long or a refusal."""
+
+
+def clean_caption(response: Any, cfg: CaptionConfig) -> str:
+    """The caption text of a chat-completion response, trigger first; `RejectedCaption` saying why there is none."""
     try:
-        message = response.choices[0].message
+        choice = response.choices[0]
+        message = choice.message
         text = message.content
     except (AttributeError, IndexError, TypeError) as err:
-        raise ValueError(f"malformed response: no choices[0].message.content ({type(err).__name__})") from err
+        raise RejectedCaption(f"malformed response: no choices[0].message.content ({type(err).__name__})") from err
     if getattr(message, "refusal", None):
-        raise ValueError(f"the model refused: {message.refusal}")
+        raise RejectedCaption(f"the model refused: {message.refusal}")
+    if getattr(choice, "finish_reason", None) == "length":
+        raise RejectedCaption(f"cut off at max_tokens={cfg.max_tokens} (finish_reason 'length')")
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"malformed response: empty or non-text caption ({text!r:.80})")
-    return with_trigger(text.strip().strip('"'), trigger)
+        raise RejectedCaption(f"empty or non-text caption ({text!r:.80})")
+    text = text.strip().strip('"')
+    if REFUSAL.search(text):
+        raise RejectedCaption(f"the model refused: {text!r:.120}")
+    if len(text) > cfg.max_caption_chars:
+        raise RejectedCaption(f"{len(text)} characters, over max_caption_chars={cfg.max_caption_chars}")
+    return with_trigger(text, cfg.trigger)
 
 
 class CaptionCache:
@@ -201,8 +218,8 @@ def caption_folder(cfg: CaptionConfig, api_key: str | None) -> CaptionReport:
         def run(job: CaptionJob) -> tuple[CaptionJob, str | None, str | None]:
             try:
                 return job, captioner.caption(job), None
-            except (openai.OpenAIError, ValueError) as err:
-                return job, None, f"{type(err).__name__}: {err}"
+            except (openai.OpenAIError, ValueError) as err:  # a server's error body may echo the key
+                return job, None, scrub(f"{type(err).__name__}: {err}", [api_key])
 
         with ThreadPoolExecutor(max_workers=cfg.concurrency) as pool:
             for job, caption, error in pool.map(run, pending):

@@ -26,6 +26,7 @@ class CaptionConfig:
     image_detail: str = "low"  # the vision `detail` setting: low = 85 input tokens per image
     max_image_side: int = 1024  # images are downscaled to this before upload
     max_tokens: int = 200
+    max_caption_chars: int = 1000  # a longer reply is rejected as a failure, not written
     temperature: float = 0.2
     concurrency: int = 4  # requests in flight at once
     max_retries: int = 5  # the openai client's own retries with exponential backoff (429, 5xx, timeouts)
@@ -45,6 +46,7 @@ class CaptionConfig:
                  f"must be one of {IMAGE_DETAILS}, got {self.image_detail!r}")
         require(self.max_image_side >= 64, "max_image_side", f"must be >= 64, got {self.max_image_side}")
         require(self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
+        require(self.max_caption_chars > 0, "max_caption_chars", f"must be positive, got {self.max_caption_chars}")
         require(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
         require(self.max_retries >= 0, "max_retries", f"must be >= 0, got {self.max_retries}")
         require(self.timeout_s > 0, "timeout_s", f"must be positive, got {self.timeout_s}")
