@@ -1,10 +1,13 @@
 """Turn a story into a storyboard with a trained LoRA.  Example: python infer.py lora.path=outputs/train/<run>/lora"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from aldar_lit.pipelines.config import register_infer_configs
 from aldar_lit.pipelines.storyboard import run
+from aldar_lit.redaction import refuse_secret_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
@@ -13,5 +16,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_secret_overrides(sys.argv[1:], "OPENAI_API_KEY")  # before Hydra writes .hydra/
     register_infer_configs()
     main()

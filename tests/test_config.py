@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 
 from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_train_config
+from aldar_lit.redaction import secret_overrides
 from conftest import REPO_ROOT
 
 
@@ -78,3 +82,31 @@ def test_progress_bar_reads_metrics_every_n_steps_only(tmp_path) -> None:
     assert trainer.progress_bar_callback.refresh_rate == 25
     with pytest.raises(ConfigError, match="^progress_every_n_steps: "):
         compose_train("experiment=quickstart", "progress_every_n_steps=0")
+
+
+SECRET_OVERRIDES = [  # entry point, override, the environment variable the refusal must name
+    (["train.py", "experiment=quickstart"], "+logger.wandb.settings.api_key", "WANDB_API_KEY"),
+    (["train.py", "experiment=quickstart"], "+api_key", "WANDB_API_KEY"),
+    (["evaluate.py"], "++wandb.api_key", "WANDB_API_KEY"),
+    (["-m", "aldar_lit.caption", "input_dir=."], "+api_key", "OPENAI_API_KEY"),
+    (["-m", "aldar_lit.curate", "input_dir=.", "output_dir=kept"], "+hf_token", "HF_TOKEN"),
+    pytest.param(["infer.py"], "+story.llm.api_key", "OPENAI_API_KEY", marks=pytest.mark.slow),  # imports torch first
+]
+
+
+@pytest.mark.parametrize(("command", "override", "env_var"), SECRET_OVERRIDES)
+def test_a_key_on_the_command_line_is_refused_before_anything_is_written(tmp_path, command, override, env_var):
+    secret = "sk-cli-DO-NOT-WRITE-5d1e"
+    script = [str(REPO_ROOT / command[0]), *command[1:]] if command[0].endswith(".py") else command
+    result = subprocess.run([sys.executable, *script, f"{override}={secret}", "hydra.run.dir=run"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"{override}=...: set {env_var} in the environment instead" in result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run dir, no .hydra/, no log
+
+
+def test_only_secret_looking_keys_are_refused() -> None:
+    argv = ["-m", "--cfg", "job", "max_tokens=300", "model.tokenizer=x", "data.root=/tokens", "+openai_token=a",
+            "~password", "++hydra.job.env_set.WANDB_API_KEY=b", "data.cache_dir=/secrets", "+db.password=c"]
+    assert secret_overrides(argv) == ["+openai_token", "++hydra.job.env_set.WANDB_API_KEY", "+db.password"]

@@ -5,11 +5,14 @@ and writes the kept set to <output_dir>/images (train on it with data.root=<outp
 with report.json, report.md and contact_sheet.png beside it.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from aldar_lit.data.curation import run_curation
 from aldar_lit.data.prep_config import register_prep_configs
+from aldar_lit.redaction import refuse_secret_overrides
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="curate")
@@ -18,5 +21,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_secret_overrides(sys.argv[1:], None)  # before Hydra writes .hydra/
     register_prep_configs()
     main()

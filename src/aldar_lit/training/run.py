@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import resource
 import time
 from collections.abc import Iterator
@@ -31,11 +30,10 @@ from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
+from aldar_lit.redaction import REDACTED, is_secret_key
 from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.selection import StepCheckpoint, best_score_checkpoint, load_checkpoint_weights
 from aldar_lit.training.validation import SCORE_KEY, ValidationSampler, build_scorer
-
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +110,7 @@ def loggable_config(cfg: DictConfig) -> dict[str, Any]:
 
     def redact(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: "<redacted>" if SECRET_KEY.search(str(k)) else redact(v) for k, v in node.items()}
+            return {k: REDACTED if is_secret_key(str(k)) else redact(v) for k, v in node.items()}
         if isinstance(node, list):
             return [redact(v) for v in node]
         return node
