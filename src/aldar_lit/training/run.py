@@ -31,6 +31,7 @@ from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.redaction import REDACTED, is_secret_key
+from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.selection import StepCheckpoint, best_score_checkpoint, load_checkpoint_weights
 from aldar_lit.training.validation import SCORE_KEY, ValidationSampler, build_scorer
@@ -102,7 +103,8 @@ def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[C
         # not Rich's bar, which reads the metrics back from the GPU after every step whatever its refresh rate
         callbacks.append(TQDMProgressBar(refresh_rate=config.progress_every_n_steps))
     loggers = [instantiate(spec) for spec in config.logger.values()]
-    return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir)
+    return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
+                       plugins=[AtomicCheckpointIO()])
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
