@@ -13,7 +13,7 @@ from aldar_lit.evaluation.config import IdentityConfig
 from aldar_lit.evaluation.generation import ManifestError, StoryboardRun, collect_storyboards
 from aldar_lit.evaluation.metrics import Scorers, build_identity_embedders, measure, summarise
 from aldar_lit.evaluation.run import evaluate_sweep
-from fixtures_eval import astronaut, cat, dlib_embedder  # noqa: F401
+from fixtures_eval import astronaut, cat, dlib_embedder, tiny_arcface_onnx  # noqa: F401
 from test_evaluate import PROMPTS, compose_evaluate
 
 
@@ -111,23 +111,37 @@ def test_sweep_dir_without_runs(tmp_path):
         evaluate_sweep(cfg, tmp_path / "out")
 
 
-def test_manifest_matching_checks_cfg_and_adapter_scales(tmp_path):
-    from aldar_lit.evaluation.generation import expected_manifest, infer_config, mismatches, suite_stories
+def matching_manifest(cfg, mode: str, seed: int) -> tuple[dict, list]:
+    """The manifest infer.py would write for this evaluation's (mode, prompt suite, seed), and the frame plans."""
+    from aldar_lit.evaluation.generation import infer_config, suite_stories
     from aldar_lit.pipelines.storyboard import plan_frames
 
-    cfg = eval_config(tmp_path, "modes=[ref_guided]")
-    story = suite_stories(cfg, tmp_path / "out")[0]
-    config = infer_config(cfg, "ref_guided", story, 0, cfg.lora.path)
+    story = suite_stories(cfg, Path(cfg.paths.output_dir))[0]
+    config = infer_config(cfg, mode, story, seed, cfg.lora.path)
     plans = plan_frames(config, story.scenes)
     ip, cn = cfg.adapters.ip_adapter, cfg.adapters.controlnet
-    frames = [{"prompt": p.prompt, "attempts": [{"seed": p.settings.seed, "guidance_scale": p.settings.guidance_scale}],
-               "active_adapters": {} if p.index == 1 else {"ip_adapter": {"scale": ip.scale},
-                                                          "controlnet": {"conditioning_scale": cn.conditioning_scale}}}
+    frames = [{"index": p.index, "file": f"frames/{p.index:02d}.png", "prompt": p.prompt, "seconds": 1.0,
+               "chosen_attempt": 0, "attempts": [{"seed": p.settings.seed, "guidance_scale": p.settings.guidance_scale}],
+               "active_adapters": {} if mode != "ref_guided" or p.index == 1 else {
+                   "ip_adapter": {"scale": ip.scale}, "controlnet": {"conditioning_scale": cn.conditioning_scale}}}
               for p in plans]
-    manifest = {"status": "complete", "mode": "ref_guided", "base_model": cfg.model.pretrained,
-                "lora": {"path": cfg.lora.path, "scale": 1.0}, "qa": {"enabled": True}, "frames": frames,
-                "generation": {"width": 64, "height": 64, "steps": 2, "negative_prompt": cfg.generation.negative_prompt}}
-    expected = expected_manifest(config, plans)
+    gen = cfg.generation
+    manifest = {"status": "complete", "mode": mode, "base_model": cfg.model.pretrained,
+                "lora": {"path": None if mode == "baseline" else cfg.lora.path, "scale": 1.0},
+                "qa": {"enabled": True}, "frames": frames, "timings": {},
+                "generation": {"width": gen.width, "height": gen.height, "steps": gen.steps,
+                               "negative_prompt": gen.negative_prompt}}
+    return manifest, plans
+
+
+def test_manifest_matching_checks_cfg_and_adapter_scales(tmp_path):
+    from aldar_lit.evaluation.generation import expected_manifest, infer_config, mismatches, suite_stories
+
+    cfg = eval_config(tmp_path, "modes=[ref_guided]")
+    manifest, plans = matching_manifest(cfg, "ref_guided", 0)
+    frames = manifest["frames"]
+    story = suite_stories(cfg, tmp_path / "out")[0]
+    expected = expected_manifest(infer_config(cfg, "ref_guided", story, 0, cfg.lora.path), plans)
     assert mismatches(manifest, expected) == []
     frames[1]["attempts"][0]["guidance_scale"] = 5.0
     assert [m.split(":")[0] for m in mismatches(manifest, expected)] == ["first_settings"]
@@ -136,3 +150,34 @@ def test_manifest_matching_checks_cfg_and_adapter_scales(tmp_path):
     assert [m.split(":")[0] for m in mismatches(manifest, expected)] == ["guidance"]
     manifest["status"] = "failed"
     assert "status" in [m.split(":")[0] for m in mismatches(manifest, expected)]
+
+
+def test_corrupt_insightface_pack_is_reported_before_any_storyboard_and_the_report_is_written(tmp_path, caplog,
+                                                                                             tiny_arcface_onnx):
+    """A pack whose detector file is truncated: evaluate.py says so before it touches a storyboard, skips that
+    backend, and finishes its report with the other backends."""
+    from aldar_lit.evaluation.run import evaluate
+
+    pack = tmp_path / "insightface" / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    arcface = tiny_arcface_onnx.read_bytes()
+    (pack / "w600k_r50.onnx").write_bytes(arcface)
+    (pack / "det_10g.onnx").write_bytes(arcface[: len(arcface) // 2])
+    cfg = eval_config(tmp_path, "modes=[baseline]", "lora.path=null", "identity.backends=[insightface,dlib]",
+                      f"identity.insightface_root={tmp_path / 'insightface'}", "stats.num_resamples=200",
+                      f"frames_from=[{tmp_path / 'infer_run'}]")
+    manifest, _ = matching_manifest(cfg, "baseline", 0)
+    (tmp_path / "infer_run" / "frames").mkdir(parents=True)
+    for frame, image in zip(manifest["frames"], [astronaut(), cat()]):
+        image.save(tmp_path / "infer_run" / frame["file"])
+    (tmp_path / "infer_run" / "manifest.json").write_text(json.dumps(manifest))
+    caplog.set_level("INFO", logger="aldar_lit")
+    evaluate(cfg, tmp_path / "out")
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = next(i for i, m in enumerate(messages) if "face identity backend insightface skipped" in m)
+    first_storyboard = next(i for i, m in enumerate(messages) if m.startswith(("reusing", "generating")))
+    assert skipped < first_storyboard
+    assert "det_10g.onnx" in messages[skipped] and "INVALID_PROTOBUF" in messages[skipped]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "identity backend `insightface` did not run" in report and "det_10g.onnx" in report
+    assert "| face_detected/dlib | 0.5000 | 2 / 2 | 1 |" in report  # the astronaut has a face, the cat none

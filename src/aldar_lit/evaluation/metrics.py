@@ -23,7 +23,7 @@ from aldar_lit.evaluation.statistics import Estimate, cluster_mean, paired_diffe
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
-                                            FaceModelMissing, InsightFaceEmbedder, main_face)
+                                            FaceModelUnavailable, InsightFaceEmbedder, main_face)
 from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,9 @@ class Scorers:
 
 
 def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
-    """The configured backends that load; the others with the reason (e.g. an absent InsightFace pack)."""
+    """The configured backends that load; the others with the reason (an absent or corrupt model file).
+
+    Cheap next to generation, so evaluate.py calls it before generating: a broken backend is reported at once."""
     loaded, unavailable = {}, {}
     for name in cfg.backends:
         try:
@@ -81,19 +83,20 @@ def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu") -> tuple[
                 loaded[name] = ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample)
             else:
                 loaded[name] = DlibEmbedder(upsample=cfg.dlib_upsample)
-        except FaceModelMissing as err:
+        except FaceModelUnavailable as err:
             log.warning("face identity backend %s skipped: %s", name, err)
             unavailable[name] = str(err)
     return loaded, unavailable
 
 
-def build_scorers(cfg: EvalConfig, device: str = "cpu") -> Scorers:
+def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentityEmbedder],
+                  unavailable: dict[str, str]) -> Scorers:
+    """CLIP and DINO, with the identity backends built (or found unavailable) by `build_identity_embedders`."""
     sc = cfg.scorer
     clip = ClipScorer(sc.clip_model, sc.clip_pretrained, device, sc.seed)
     dino = None
     if sc.dino is not None:
         dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
-    identity, unavailable = build_identity_embedders(cfg.identity, device)
     return Scorers(clip, dino, identity, unavailable)
 
 

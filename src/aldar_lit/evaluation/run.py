@@ -18,8 +18,8 @@ from aldar_lit.atomic_write import write_json, write_text
 from aldar_lit.evaluation import report
 from aldar_lit.evaluation.config import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
-from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
-                                          load_reference_images, measure, summarise)
+from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_identity_embedders, build_scorers, compare,
+                                          frames_of, load_reference_images, measure, summarise)
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
@@ -88,8 +88,10 @@ def evaluate(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     references = load_reference_images(cfg.reference_images, cfg.max_reference_images)
     if cfg.lora.path is not None and cfg.sweep_dir is None:
         check_lora_dir(cfg.lora.path)
+    device = str(resolve_device(cfg.generation.device))
+    identity = build_identity_embedders(cfg.identity, device)  # a missing or corrupt face model shows before any frame
     runs = collect_storyboards(cfg, out_dir, cfg.lora.path, cfg.modes)
-    scorers = build_scorers(cfg, str(resolve_device(cfg.generation.device)))
+    scorers = build_scorers(cfg, device, *identity)
     result = write_report(cfg, out_dir, runs, measure(runs, scorers, references), scorers, cfg.modes)
     write_json(out_dir / "evaluation.json", {"summary": result["summary"],
                                                    "comparisons": result["comparisons"]})
@@ -105,13 +107,15 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     for run in runs:
         check_lora_dir(run["dir"] / "lora")
     references = load_reference_images(cfg.reference_images, cfg.max_reference_images)
+    device = str(resolve_device(cfg.generation.device))
+    identity = build_identity_embedders(cfg.identity, device)
     scorers = None
     rows = summary_rows(runs)
     for run, row in zip(runs, rows):
         label = f"sweep/{run['dir'].name}"
         run_cfg = replace(cfg, frames_from=[], lora=replace(cfg.lora, path=str(run["dir"] / "lora")))
         boards = collect_storyboards(run_cfg, out_dir, run_cfg.lora.path, ["simple"], label=label)
-        scorers = scorers or build_scorers(cfg, str(resolve_device(cfg.generation.device)))
+        scorers = scorers or build_scorers(cfg, device, *identity)
         measured = measure(boards, scorers, references)
         summary = summarise(measured.rows, ["simple"], cfg.stats.num_resamples, cfg.stats.confidence, cfg.stats.seed)
         for entry in summary:

