@@ -121,7 +121,8 @@ def matching_manifest(cfg, mode: str, seed: int) -> tuple[dict, list]:
     plans = plan_frames(config, story.scenes)
     ip, cn = cfg.adapters.ip_adapter, cfg.adapters.controlnet
     frames = [{"index": p.index, "file": f"frames/{p.index:02d}.png", "prompt": p.prompt, "seconds": 1.0,
-               "chosen_attempt": 0, "attempts": [{"seed": p.settings.seed, "guidance_scale": p.settings.guidance_scale}],
+               "chosen_attempt": 0,
+               "attempts": [{"seed": p.settings.seed, "guidance_scale": p.settings.guidance_scale}],
                "active_adapters": {} if mode != "ref_guided" or p.index == 1 else {
                    "ip_adapter": {"scale": ip.scale}, "controlnet": {"conditioning_scale": cn.conditioning_scale}}}
               for p in plans]
