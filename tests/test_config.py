@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_train_config
+from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_schema, to_train_config
+from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs
+from aldar_lit.evaluation.config import register_evaluate_configs, to_eval_config
+from aldar_lit.pipelines.config import register_infer_configs, to_infer_config
 from aldar_lit.redaction import secret_overrides
 from conftest import REPO_ROOT
 
@@ -82,6 +86,34 @@ def test_progress_bar_reads_metrics_every_n_steps_only(tmp_path) -> None:
     assert trainer.progress_bar_callback.refresh_rate == 25
     with pytest.raises(ConfigError, match="^progress_every_n_steps: "):
         compose_train("experiment=quickstart", "progress_every_n_steps=0")
+
+
+def test_a_misspelt_key_appended_with_plus_fails_naming_it() -> None:
+    with pytest.raises(ConfigError, match=r"^lora\.rnak: not a key of the schema; did you mean lora\.rank\?"):
+        compose_train("experiment=quickstart", "+lora.rnak=8")
+    with pytest.raises(ConfigError, match=r"^data\.demo\.sizee: .*did you mean data\.demo\.size\?"):
+        compose_train("experiment=quickstart", "+data.demo.sizee=64")
+    with pytest.raises(ConfigError, match=r"^api_kee: not a key of the schema; TrainConfig has model, lora"):
+        compose_train("experiment=quickstart", "+api_kee=1")
+    # free-form mappings take any key: they are the arguments of lightning.Trainer and of the optimizer factory
+    config = compose_train("experiment=quickstart", "+trainer.accumulate_grad_batches=2", "+optim.optimizer.amsgrad=true")
+    assert config.trainer["accumulate_grad_batches"] == 2 and config.optim.optimizer["amsgrad"] is True
+
+
+@pytest.mark.parametrize(("config_name", "register", "convert", "overrides", "message"), [
+    ("infer", register_infer_configs, to_infer_config, ["paths.output_dir=/tmp/unused", "+story.llm.modle=x"],
+     r"^story\.llm\.modle: .*did you mean story\.llm\.model\?"),
+    ("evaluate", register_evaluate_configs, to_eval_config, ["paths.output_dir=/tmp/unused", "+suite.seedz=[1]"],
+     r"^suite\.seedz: .*did you mean suite\.seeds\?"),
+    ("caption", register_prep_configs, partial(to_schema, schema=CaptionConfig, schema_name="caption_schema"),
+     ["input_dir=/tmp/unused", "+overwite=true"], r"^overwite: .*did you mean overwrite\?"),
+])
+def test_every_tool_rejects_an_appended_unknown_key(config_name, register, convert, overrides, message) -> None:
+    register()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides)
+    with pytest.raises(ConfigError, match=message):
+        convert(cfg)
 
 
 SECRET_OVERRIDES = [  # entry point, override, the environment variable the refusal must name

@@ -6,6 +6,8 @@ wrong type fails at composition; `__post_init__` checks the values and names the
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -325,10 +327,34 @@ def to_schema(cfg: DictConfig, schema: type[Schema], schema_name: str) -> Schema
 
     Raises `ConfigError` naming the bad key, or saying the YAML's defaults list lacks `schema_name`.
     """
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError("\n".join(unknown))
     config = OmegaConf.to_object(cfg)
     if not isinstance(config, schema):
         raise ConfigError(f"the config was not composed on the `{schema_name}` schema (first in its defaults list)")
     return config
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """A message for each key of a schema node (nested ones too) that its dataclass does not declare.
+
+    Hydra's `+key=value` appends a key even to a structured config, and `OmegaConf.to_object` keeps it as a stray
+    attribute: `+lora.rnak=8` would train with the rank unchanged.
+    """
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []  # a free-form mapping (trainer, logger, optimizer factory): its keys are arguments
+    declared = [f.name for f in dataclasses.fields(schema)]
+    found = []
+    for key, value in node.items_ex(resolve=False):
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; {schema.__name__} has {', '.join(declared)}"
+            found.append(f"{prefix}{key}: not a key of the schema{hint}")
+        elif isinstance(value, DictConfig):
+            found += unknown_keys(value, f"{prefix}{key}.")
+    return found
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
