@@ -18,11 +18,9 @@ from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import attach_lora
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_config):
-    """Tiny SDXL with rank-4, alpha-8 LoRA whose up-projections were given random values."""
+def perturbed_lora(tiny_model_config, cfg: LoraConfig):
+    """Tiny SDXL with LoRA whose up-projections were moved by random values, as training would."""
     parts = load_sdxl(tiny_model_config)
-    cfg = LoraConfig(rank=4, alpha=8.0)
     modules = attach_lora(
         {"unet": parts.unet, "text_encoder": parts.text_encoder, "text_encoder_2": parts.text_encoder_2}, cfg
     )
@@ -31,8 +29,14 @@ def trained(tiny_model_config):
         for module in modules.values():
             for name, param in module.named_parameters():
                 if "lora_B" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     return parts, modules, cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_config):
+    """Rank 4, alpha 8."""
+    return perturbed_lora(tiny_model_config, LoraConfig(rank=4, alpha=8.0))
 
 
 def test_only_lora_parameters_are_trainable(trained) -> None:
@@ -152,7 +156,7 @@ def test_adapter_card_records_what_the_adapter_was_trained_for(trained, tmp_path
                 best_score=0.93)
     card = read_adapter_card(tmp_path / "lora")
     assert card == AdapterCard(
-        rank=4, alpha=8.0, unet_targets=["to_q", "to_k", "to_v", "to_out.0"],
+        rank=4, alpha=8.0, init="gaussian", unet_targets=["to_q", "to_k", "to_v", "to_out.0"],
         text_encoder_targets=["q_proj", "k_proj", "v_proj", "out_proj"],
         files={"diffusers": "pytorch_lora_weights.safetensors", "kohya": "lora_kohya.safetensors"},
         base_model="stabilityai/stable-diffusion-xl-base-1.0", trigger="aldar_kose_man",
@@ -161,3 +165,17 @@ def test_adapter_card_records_what_the_adapter_was_trained_for(trained, tmp_path
     (tmp_path / "lora" / ADAPTER_CARD).write_text('{"version": 99}')
     with pytest.raises(ValueError, match=ADAPTER_CARD):
         read_adapter_card(tmp_path / "lora")
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_inits_that_rewrite_the_base_weights_export_their_equivalent_on_the_original_model(
+        init, tiny_model_config, tiny_model_dir, tmp_path) -> None:
+    """PiSSA/OLoRA change the frozen weights at injection; both exported files, loaded by diffusers into the
+    original model, reproduce the trained one (a rank-2r adapter)."""
+    parts, modules, cfg = perturbed_lora(tiny_model_config, LoraConfig(rank=4, alpha=8.0, init=init))
+    paths = export_lora(modules, cfg, tmp_path / "lora")
+    assert (read_adapter_card(tmp_path / "lora").rank, read_adapter_card(tmp_path / "lora").alpha) == (8, 16.0)
+    for weight_name in (paths["diffusers"].name, paths["kohya"].name):
+        pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
+        pipe.load_lora_weights(tmp_path / "lora", weight_name=weight_name)
+        assert_reproduces(parts, pipe)

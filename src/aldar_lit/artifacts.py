@@ -18,8 +18,9 @@ ADAPTER_CARD = "adapter_card.json"
 class AdapterCard:
     """Written into `lora/` by the export; `None` means the exporter did not know the value."""
 
-    rank: int
+    rank: int  # of the exported files: twice the trained rank (and alpha) for init pissa/olora
     alpha: float
+    init: str  # lora.init the adapter was trained with
     unet_targets: list[str]
     text_encoder_targets: list[str]  # empty when the text encoders were not trained
     files: dict[str, str] = field(default_factory=dict)  # format ("diffusers", "kohya") -> file name in lora/

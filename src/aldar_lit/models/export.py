@@ -3,11 +3,13 @@ ComfyUI and A1111, and the adapter card, all in one directory that appears compl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 from typing import Any, Optional
 
+import peft
 import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
@@ -17,7 +19,7 @@ from torch import nn
 from aldar_lit.artifacts import AdapterCard, write_adapter_card
 from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import LoraConfig
-from aldar_lit.models.lora import TE1, TE2, UNET, adapter_config, lora_state_dict
+from aldar_lit.models.lora import INITIAL_ADAPTER, TE1, TE2, UNET, adapter_config, lora_state_dict
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
@@ -29,12 +31,28 @@ def _canonical_text_encoder_keys(state_dict: dict[str, torch.Tensor]) -> dict[st
     return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state_dict.items()}
 
 
-def peft_state_dicts(trained: dict[str, nn.Module]) -> dict[str, dict[str, torch.Tensor]]:
-    """Each trained part's adapter in PEFT layout, text encoders with canonical key names."""
-    return {
-        part: lora_state_dict(model) if part == UNET else _canonical_text_encoder_keys(lora_state_dict(model))
-        for part, model in trained.items()
-    }
+def plain_lora(model: nn.Module) -> tuple[dict[str, torch.Tensor], peft.LoraConfig]:
+    """A part's adapter in PEFT layout, as a plain LoRA on the original base weights, and its config.
+
+    PiSSA and OLoRA move their initial adapter out of the frozen weights (W_res = W - s B0 A0), so the
+    trained part computes W + s (B A - B0 A0) = W + s [B, -B0] [A; A0]: a LoRA of twice the rank, with
+    twice the alpha to keep s. This is peft's own conversion (`LoraModel.subtract_mutated_init`).
+    """
+    state, config = lora_state_dict(model), adapter_config(model)
+    initial = getattr(model, INITIAL_ADAPTER, None)
+    if initial is None:
+        return state, config
+    state = {key: torch.cat([value, initial[key].to(value)], dim=0) if ".lora_A." in key
+             else torch.cat([value, -initial[key].to(value)], dim=1) for key, value in state.items()}
+    return state, dataclasses.replace(config, r=2 * config.r, lora_alpha=2 * config.lora_alpha,
+                                      init_lora_weights=True)
+
+
+def exported_adapters(trained: dict[str, nn.Module]) -> dict[str, tuple[dict[str, torch.Tensor], peft.LoraConfig]]:
+    """Each trained part's plain LoRA and config, text encoders with canonical key names."""
+    adapters = {part: plain_lora(model) for part, model in trained.items()}
+    return {part: (sd if part == UNET else _canonical_text_encoder_keys(sd), config)
+            for part, (sd, config) in adapters.items()}
 
 
 # Outside the down/mid/up blocks, and inside a ResNet block, the two UNets name modules differently.
@@ -106,12 +124,14 @@ def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | o
     """Write both adapter files and the adapter card (the keyword arguments) into `out_dir`, which appears
     complete or not at all; return the adapter files by format."""
     out_dir = Path(out_dir)
-    peft_dicts = peft_state_dicts(trained)
+    adapters = exported_adapters(trained)
+    peft_dicts = {part: sd for part, (sd, _) in adapters.items()}
     to_diffusers = {part: convert_state_dict_to_diffusers(sd) for part, sd in peft_dicts.items()}
-    metadata = {part: adapter_config(model).to_dict() for part, model in trained.items()}
+    metadata = {part: config.to_dict() for part, (_, config) in adapters.items()}
+    rank, alpha = adapters[UNET][1].r, adapters[UNET][1].lora_alpha  # 2x the configured ones after PiSSA/OLoRA
     files = {"diffusers": DIFFUSERS_WEIGHTS, "kohya": KOHYA_WEIGHTS}
     card = AdapterCard(
-        rank=cfg.rank, alpha=cfg.alpha, unet_targets=list(cfg.unet_targets),
+        rank=rank, alpha=alpha, init=cfg.init, unet_targets=list(cfg.unet_targets),
         text_encoder_targets=list(cfg.text_encoder_targets) if TE1 in trained else [], files=files,
         base_model=base_model, trigger=trigger, prediction_type=prediction_type, resolution=resolution,
         training_steps=training_steps, best_score=best_score,
@@ -128,12 +148,12 @@ def export_lora(trained: dict[str, nn.Module], cfg: LoraConfig, out_dir: str | o
             weight_name=DIFFUSERS_WEIGHTS,
         )
         save_file(
-            kohya_state_dict(peft_dicts, cfg.alpha, trained[UNET].config),
+            kohya_state_dict(peft_dicts, alpha, trained[UNET].config),
             tmp / KOHYA_WEIGHTS,
             metadata={
                 "ss_network_module": "networks.lora",
-                "ss_network_dim": str(cfg.rank),
-                "ss_network_alpha": str(cfg.alpha),
+                "ss_network_dim": str(rank),
+                "ss_network_alpha": str(alpha),
                 "ss_base_model_version": "sdxl_base_v1-0",
             },
         )

@@ -20,6 +20,9 @@ from aldar_lit.config import LoraConfig
 
 ADAPTER = "default"
 UNET, TE1, TE2 = "unet", "text_encoder", "text_encoder_2"
+# peft inits that move their initial adapter out of the frozen weights (W_res = W - scale * B0 A0) at injection
+BASE_REWRITING_INITS = ("pissa", "olora")
+INITIAL_ADAPTER = "initial_lora_state_dict"  # attribute of a part holding its B0, A0 (on the CPU) for the export
 
 
 def peft_lora_config(cfg: LoraConfig, part: str, model: nn.Module) -> peft.LoraConfig:
@@ -50,7 +53,8 @@ def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.M
     """Freeze every part, inject LoRA into the trained ones; return those, keyed by part.
 
     The LoRA weights are kept in float32 whatever the frozen weights' dtype, so that the
-    optimizer never steps half-precision parameters.
+    optimizer never steps half-precision parameters. With a base-rewriting init each part keeps its
+    initial adapter, which the export needs to express the result against the original weights.
     """
     trained = {UNET: models[UNET]}
     if cfg.train_text_encoders:
@@ -66,6 +70,8 @@ def attach_lora(models: dict[str, nn.Module], cfg: LoraConfig) -> dict[str, nn.M
         if not any(p.requires_grad for p in model.parameters()):
             key = "lora.unet_targets" if part == UNET else "lora.text_encoder_targets"
             raise ValueError(f"{key}: no module of the {part} matched; its targets do not exist in this model")
+        if cfg.init in BASE_REWRITING_INITS:
+            setattr(model, INITIAL_ADAPTER, {k: v.cpu() for k, v in lora_state_dict(model).items()})
     return trained
 
 
