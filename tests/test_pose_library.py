@@ -1,9 +1,14 @@
-"""The built-in pose library: OpenPose-convention rendering, name checks, MediaPipe conversion, plausibility."""
+"""The built-in pose library: OpenPose rendering checked against controlnet_aux's, name checks, MediaPipe conversion,
+plausibility."""
+
+import importlib.util
+import sys
+import types
 
 import numpy as np
 import pytest
 
-from aldar_lit.pipelines.poses import (COLOURS, KEYPOINT_NAMES, POSES, PoseError, get_pose, keypoints_from_mediapipe,
+from aldar_lit.pipelines.poses import (KEYPOINT_NAMES, LIMBS, POSES, PoseError, get_pose, keypoints_from_mediapipe,
                                        pose_names, render_openpose)
 from aldar_lit.quality.body_pose import out_of_frame, pose_problem
 
@@ -12,17 +17,48 @@ def test_library_has_the_story_poses():
     assert {"standing", "walking", "running", "sitting", "riding", "pointing", "waving"} <= set(pose_names())
 
 
+@pytest.fixture(scope="module")
+def reference_draw_bodypose():
+    """controlnet_aux's `open_pose.util.draw_bodypose`, the renderer behind the OpenPose ControlNets' training maps.
+
+    controlnet_aux's top-level `__init__` imports every detector, and its MediaPipe one needs the legacy
+    `mediapipe.solutions` API that MediaPipe 1.x (a dependency here) no longer has; the package's own
+    `open_pose` modules are imported as they are, under a package entry that skips that `__init__`.
+    """
+    spec = importlib.util.find_spec("controlnet_aux")
+    assert spec is not None, "controlnet_aux (a dev dependency) is not installed"
+    before = set(sys.modules)
+    package = types.ModuleType("controlnet_aux")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["controlnet_aux"] = package
+    try:
+        from controlnet_aux.open_pose.body import Keypoint
+        from controlnet_aux.open_pose.util import draw_bodypose
+
+        yield lambda keypoints, size: draw_bodypose(
+            np.zeros((size, size, 3), np.uint8), [None if p is None else Keypoint(*p) for p in keypoints])
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+
+
 @pytest.mark.parametrize("name", sorted(POSES))
-def test_rendered_joints_have_openpose_colours_on_black(name):
+def test_rendering_matches_controlnet_aux(name, reference_draw_bodypose):
+    """Every joint and limb has the reference's colour (palette and limb order), and the figures coincide up
+    to the rasterisers' edge pixels."""
     keypoints = get_pose(name)
-    image = np.asarray(render_openpose(keypoints, 256, 256))
-    assert image.shape == (256, 256, 3)
-    assert (image[0, 0] == 0).all(), "background must be black"
-    for index, point in enumerate(keypoints):
-        if point is not None:
-            x, y = round(point[0] * 256), round(point[1] * 256)
-            x, y = min(x, 255), min(y, 255)
-            assert tuple(image[y, x]) == COLOURS[index], KEYPOINT_NAMES[index]
+    size = 512  # controlnet_aux draws 4-px limbs and joints, as `render_openpose` does at 512 px
+    reference = reference_draw_bodypose(keypoints, size)
+    ours = np.asarray(render_openpose(keypoints, size, size))
+    assert (ours[0, 0] == 0).all(), "background must be black"
+    pixel = [(int(p[0] * size), int(p[1] * size)) for p in keypoints]
+    for index, (x, y) in enumerate(pixel):
+        assert tuple(ours[y, x]) == tuple(reference[y, x]), f"joint {KEYPOINT_NAMES[index]}"
+    for index, (a, b) in enumerate(LIMBS):
+        x, y = (pixel[a][0] + pixel[b][0]) // 2, (pixel[a][1] + pixel[b][1]) // 2
+        limb = f"{KEYPOINT_NAMES[a]}-{KEYPOINT_NAMES[b]}"
+        assert tuple(ours[y, x]) == tuple(reference[y, x]) != (0, 0, 0), f"limb {index} ({limb})"
+    assert (ours == reference).all(-1).mean() > 0.99
 
 
 def test_library_poses_are_plausible_and_distinct():

@@ -21,12 +21,13 @@ KEYPOINT_NAMES = (
     "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
     "right_eye", "left_eye", "right_ear", "left_ear",
 )
-# OpenPose limb sequence (0-based keypoint pairs) and colours, as drawn by controlnet_aux.
+# OpenPose limb sequence (0-based keypoint pairs) and colours (joint i and limb i share colour i), as drawn by
+# controlnet_aux's `open_pose.util.draw_bodypose`: tests/test_pose_library.py compares the two renderings.
 LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
          (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))
 COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
            (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-           (170, 0, 255), (255, 0, 255), (255, 0, 85), (255, 0, 170))
+           (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
 
 
 class PoseError(ValueError):
