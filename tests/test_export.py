@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 
 import pytest
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.utils import convert_unet_state_dict_to_peft
 from safetensors import safe_open
+from torch import nn
 
 from aldar_lit.artifacts import ADAPTER_CARD, AdapterCard, read_adapter_card
 from aldar_lit.config import LoraConfig
-from aldar_lit.models.export import KOHYA_WEIGHTS, export_lora
+from aldar_lit.models.export import KOHYA_WEIGHTS, export_lora, ldm_unet_module
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import attach_lora
+from aldar_lit.models.random_init import spec_dir
 
 
 def perturbed_lora(tiny_model_config, cfg: LoraConfig):
@@ -96,6 +100,25 @@ def test_kohya_export_in_ldm_naming_reproduces_trained_model(trained, tmp_path, 
     pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model_dir)
     pipe.load_lora_weights(tmp_path / "lora", weight_name=KOHYA_WEIGHTS)
     assert_reproduces(parts, pipe)
+
+
+@pytest.mark.parametrize("spec", ["tiny", "sdxl"])
+def test_kohya_names_of_every_unet_module_map_back_through_diffusers(spec: str) -> None:
+    """Every adaptable UNet module (attention, ResNet, feed-forward, resamplers) of the tiny model and of full
+    SDXL (3 levels, 2 layers per block: other indices than the tiny one's) gets an LDM name that diffusers'
+    kohya reader maps back to the same module, using nothing but the UNet config."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((spec_dir(spec) / "unet.json").read_text()))
+    modules = {name for name, module in unet.named_modules()
+               if isinstance(module, (nn.Linear, nn.Conv2d)) and ("_blocks." in name or "mid_block." in name)}
+    kohya = {}
+    for name in modules:
+        key = "lora_unet_" + ldm_unet_module(name, unet.config).replace(".", "_")
+        kohya |= {f"{key}.lora_down.weight": torch.zeros(1, 1), f"{key}.lora_up.weight": torch.zeros(1, 1),
+                  f"{key}.alpha": torch.tensor(1.0)}
+    converted, _ = StableDiffusionXLPipeline.lora_state_dict(kohya, unet_config=unet.config)
+    peft_keys = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in converted.items()})
+    assert {key.rsplit(".lora_", 1)[0] for key in peft_keys} == modules
 
 
 def test_loaded_adapter_changes_pipeline_output(trained, tmp_path, tiny_model_dir) -> None:
