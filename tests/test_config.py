@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from functools import partial
@@ -86,6 +87,18 @@ def test_progress_bar_reads_metrics_every_n_steps_only(tmp_path) -> None:
     assert trainer.progress_bar_callback.refresh_rate == 25
     with pytest.raises(ConfigError, match="^progress_every_n_steps: "):
         compose_train("experiment=quickstart", "progress_every_n_steps=0")
+
+
+def test_a_data_root_under_the_demo_data_fails_with_the_command_that_trains_on_it(tmp_path) -> None:
+    images = tmp_path / "my_images"
+    with pytest.raises(ConfigError, match=re.escape(f"to train on your images: python train.py experiment=quickstart "
+                                                    f"data=folder data.root={images}")):
+        compose_train("experiment=quickstart", f"data.root={images}")
+    assert not images.exists()
+    config = compose_train("experiment=quickstart", "data=folder", f"data.root={images}")
+    assert config.data.demo is None and config.data.root == str(images) and config.data.resolution == 64
+    moved = compose_train("experiment=quickstart", f"data.demo.dir={tmp_path / 'demo'}")  # the demo's own folder
+    assert moved.data.root == str(tmp_path / "demo")
 
 
 def test_a_misspelt_key_appended_with_plus_fails_naming_it() -> None:

@@ -116,8 +116,9 @@ class LoraConfig:
 
 @dataclass
 class DemoDataConfig:
-    """The procedurally drawn demo character, generated into `data.root` on first use."""
+    """The procedurally drawn demo character, generated into `dir` on first use; `data.root` must be that folder."""
 
+    dir: str = "???"
     num_images: int = 24
     size: int = 256
     seed: int = 0
@@ -307,6 +308,12 @@ class TrainConfig:
         if self.validation.enabled:
             require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
                      "validation.enabled needs at least one prompt")
+        if self.data.demo is not None:  # a user's data.root means their images, never a place to draw the demo
+            experiment = f" experiment={self.experiment}" if self.experiment else ""
+            require(self.data.root == self.data.demo.dir, "data.root",
+                    f"data=demo trains on the demo character drawn into data.demo.dir={self.data.demo.dir}, not on "
+                    f"{self.data.root}; to train on your images: python train.py{experiment} data=folder "
+                    f"data.root={self.data.root}")
         require(self.progress_every_n_steps >= 1, "progress_every_n_steps",
                 f"must be a positive integer, got {self.progress_every_n_steps}")
         clipped_mixed = self.trainer.get("gradient_clip_val") and str(self.trainer.get("precision")).endswith("-mixed")
