@@ -23,6 +23,19 @@ def grace_hopper() -> Image.Image:
     return Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
 
 
+# the six faces of insightface's sample group photo, as dlib's HOG detector boxes them (x, y, width, height)
+GROUP_FACES = ((67, 283, 109, 108), (275, 176, 90, 90), (450, 295, 108, 108), (724, 367, 109, 108),
+               (870, 67, 130, 130), (1118, 283, 109, 108))
+
+
+def group_photo_faces() -> list[Image.Image]:
+    """Six different real people (insightface's sample `t1.jpg`), each cropped with a face-sized margin."""
+    from insightface.data import get_image
+
+    photo = Image.fromarray(get_image("t1", to_rgb=True))
+    return [photo.crop((x - w, y - h, x + 2 * w, y + 2 * h)) for x, y, w, h in GROUP_FACES]
+
+
 def cat() -> Image.Image:
     """No human face (scikit-image's Chelsea)."""
     import skimage.data

@@ -51,7 +51,9 @@ def test_report_from_faces_and_non_faces(tmp_path, dlib_embedder):
     assert "| face_detected/dlib | simple − baseline | 0.6667 | – | – | 1 | 3 / 3 | not claimed |" in report
     assert "Not comparable (no unit has a value in both modes" in report and "id_to_frame1/dlib" in report
     assert "identity/dlib: dlib" in report
-    assert "- Face detection rate: baseline 0.33 (dlib), simple 1.00 (dlib)." in report
+    assert ("- Identity rates (`dlib`; a frame without a face counts as not verified): face detected: baseline 0.33, "
+            "simple 1.00; same person as frame 1: baseline 0.00, simple 1.00; same person as the training images: "
+            "baseline 0.00, simple 1.00.") in report
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["metric"] for r in rows} >= {"clip_t", "face_detected/dlib", "story_consistency/dlib", "seconds"}

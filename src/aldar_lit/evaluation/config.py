@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from aldar_lit.config import ModelConfig, PathsConfig, ScorerConfig, require, to_schema
 from aldar_lit.pipelines.config import (MODES, AdaptersConfig, GenerationConfig, LoraSourceConfig, QAConfig)
+from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 
 IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
 
@@ -47,11 +48,18 @@ class IdentityConfig:
     insightface_det_size: int = 640
     arcface_onnx_path: Optional[str] = None
     dlib_upsample: int = 1  # HOG detector upsampling: 1 finds faces down to ~40 px
+    # same-person thresholds of the verification rates, each backend's published rule (sources in face_identity.py)
+    dlib_same_person_distance: float = DLIB_SAME_PERSON_DISTANCE  # Euclidean, raw 128-d descriptors, below = same
+    arcface_same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE  # insightface and arcface_onnx, at least = same
 
     def __post_init__(self) -> None:
         for name in self.backends:
             require(name in IDENTITY_BACKENDS, "identity.backends",
                      f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
+        require(self.dlib_same_person_distance > 0, "identity.dlib_same_person_distance",
+                f"must be positive, got {self.dlib_same_person_distance}")
+        require(-1 < self.arcface_same_person_cosine < 1, "identity.arcface_same_person_cosine",
+                f"must be in (-1, 1), got {self.arcface_same_person_cosine}")
         if "arcface_onnx" in self.backends:
             require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
 

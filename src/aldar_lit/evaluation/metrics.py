@@ -23,7 +23,8 @@ from aldar_lit.evaluation.statistics import Estimate, cluster_mean, paired_diffe
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
-                                            FaceModelUnavailable, InsightFaceEmbedder, main_face)
+                                            FaceModelUnavailable, IdentityFace, InsightFaceEmbedder,
+                                            VerificationRule, main_face)
 from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ DEFINITIONS = {
     "face_detected": "1 when the identity backend found a face in the frame, else 0 (the detection rate)",
     "id_to_frame1": "cosine of the frame's largest face to frame 1's, same storyboard; frames 2..N with both faces",
     "id_to_train": "mean cosine of the frame's largest face to the faces of the training images",
+    "verified_to_frame1": "1 when the frame's largest face is the same person as frame 1's by the backend's published "
+                          "rule (dlib: Euclidean distance < 0.6; ArcFace: cosine >= 0.4), 0 when not or when either "
+                          "frame has no face; frames 2..N. The mode's mean is the seed's 'face consistency' rate",
+    "verified_to_train": "1 when the frame's largest face is the same person as more than half of the training "
+                         "images' faces by that rule, 0 when not or when the frame has no face",
     "story_consistency": "per storyboard: mean pairwise cosine between the faces of its frames (those detected)",
     "story_consistency_sd": "per storyboard: standard deviation of those pairwise cosines",
     "anomaly": "1 when the kept attempt had a face/pose anomaly in QA (no/several faces, bad pose, small, cut off)",
@@ -64,7 +70,8 @@ class Scorers:
         versions = {"clip": f"open_clip {sc.clip_model} / {sc.clip_pretrained or 'random weights (seed %d)' % sc.seed}"}
         if self.dino is not None:
             versions["dino"] = f"timm {sc.dino.model_name} ({'pretrained' if sc.dino.pretrained else 'random weights'})"
-        versions.update({f"identity/{name}": e.version for name, e in self.identity.items()})
+        versions.update({f"identity/{name}": f"{e.version}; same person when {e.verification.describe()}"
+                         for name, e in self.identity.items()})
         versions.update({f"identity/{name}": f"UNAVAILABLE: {why}" for name, why in self.unavailable.items()})
         return versions
 
@@ -78,11 +85,13 @@ def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu") -> tuple[
         try:
             if name == "insightface":
                 loaded[name] = InsightFaceEmbedder(cfg.insightface_pack, cfg.insightface_root,
-                                                   cfg.insightface_det_size, device)
+                                                   cfg.insightface_det_size, device, cfg.arcface_same_person_cosine)
             elif name == "arcface_onnx":
-                loaded[name] = ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample)
+                loaded[name] = ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample,
+                                                   same_person_cosine=cfg.arcface_same_person_cosine)
             else:
-                loaded[name] = DlibEmbedder(upsample=cfg.dlib_upsample)
+                loaded[name] = DlibEmbedder(upsample=cfg.dlib_upsample,
+                                            same_person_distance=cfg.dlib_same_person_distance)
         except FaceModelUnavailable as err:
             log.warning("face identity backend %s skipped: %s", name, err)
             unavailable[name] = str(err)
@@ -185,14 +194,20 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
         for name, embedder in scorers.identity.items():
             faces = [main_face(embedder.embed(f.image)) for f in frames]
             embeds = [None if face is None else face.embedding for face in faces]
-            first = next((e for f, e in zip(frames, embeds) if f.index == 1), None)
+            first_face = next((face for f, face in zip(frames, faces) if f.index == 1), None)
             train = np.stack([f.embedding for f in ref_faces[name]]) if ref_faces[name] else None
-            for frame, emb in zip(frames, embeds):
-                to_first = None if (emb is None or first is None or frame.index == 1) else float(emb @ first)
+            for frame, face in zip(frames, faces):
+                emb = None if face is None else face.embedding
+                to_first = None if (face is None or first_face is None or frame.index == 1) else float(
+                    emb @ first_face.embedding)
                 to_train = None if (emb is None or train is None) else float((train @ emb).mean())
-                rows += [_row(run, frame.index, frame.prompt, f"face_detected/{name}", emb is not None),
+                rows += [_row(run, frame.index, frame.prompt, f"face_detected/{name}", face is not None),
                          _row(run, frame.index, frame.prompt, f"id_to_frame1/{name}", to_first),
-                         _row(run, frame.index, frame.prompt, f"id_to_train/{name}", to_train)]
+                         _row(run, frame.index, frame.prompt, f"id_to_train/{name}", to_train),
+                         _row(run, frame.index, frame.prompt, f"verified_to_frame1/{name}",
+                              None if frame.index == 1 else verified(embedder.verification, face, [first_face])),
+                         _row(run, frame.index, frame.prompt, f"verified_to_train/{name}",
+                              verified(embedder.verification, face, ref_faces[name]) if ref_faces[name] else None)]
             matrix = pairwise_matrix(embeds)
             heatmaps[(run.mode, run.story, run.seed, name)] = matrix
             pairs = matrix[np.triu_indices(len(frames), k=1)]
@@ -202,6 +217,15 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
         peak = (run.manifest.get("timings") or {}).get("peak_memory_bytes")
         rows.append(_row(run, 0, "", "peak_memory_gb", None if peak is None else peak / 1e9))
     return Measurements(rows, heatmaps)
+
+
+def verified(rule: VerificationRule, face: Optional[IdentityFace], references: list[Optional[IdentityFace]]) -> bool:
+    """Whether `face` is the same person as more than half of `references` by the backend's rule; a missing face
+    (in the frame or as a reference) is a failure, never skipped."""
+    if face is None:
+        return False
+    votes = [ref is not None and rule.same_person(face, ref) for ref in references]
+    return sum(votes) > len(votes) / 2
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -67,10 +67,17 @@ def how_to_read(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]
         held = [f"`{c['metric']}` {c['treatment']} − {c['control']} ({fmt(c['mean_diff'])}, "
                 f"p = {fmt(c['p_value'], 3)})" for c in comparisons if c["significant"]]
         lines.append("- Significant under the clustered analysis: " + (", ".join(held) if held else "none") + ".")
-    rates = [f"{r['mode']} {fmt(r['mean'], 2)} ({r['metric'].split('/', 1)[1]})" for r in summary
-             if base_metric(r["metric"]) == "face_detected"]
-    if rates:
-        lines.append("- Face detection rate: " + ", ".join(rates) + ".")
+    backends = dict.fromkeys(r["metric"].split("/", 1)[1] for r in summary
+                             if base_metric(r["metric"]) == "face_detected")
+    for backend in backends:
+        rates = []
+        for metric, label in (("face_detected", "face detected"), ("verified_to_frame1", "same person as frame 1"),
+                              ("verified_to_train", "same person as the training images")):
+            shown = [f"{r['mode']} {fmt(r['mean'], 2)}" for r in summary if r["metric"] == f"{metric}/{backend}"]
+            if shown:
+                rates.append(f"{label}: " + ", ".join(shown))
+        lines.append(f"- Identity rates (`{backend}`; a frame without a face counts as not verified): "
+                     + "; ".join(rates) + ".")
     return lines + [""]
 
 

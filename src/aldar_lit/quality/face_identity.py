@@ -10,7 +10,8 @@
 
 Cosines between faces of one person are high and those between different people lower on every backend,
 but the scales differ (dlib's descriptors are not centred: different people still score ~0.85-0.9), so
-compare numbers only within one backend.
+compare numbers only within one backend. Each backend also decides "same person" by its published rule
+(`VerificationRule`): dlib's Euclidean distance below 0.6 on its raw descriptors, ArcFace's cosine of at least 0.4.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ import numpy as np
 from PIL import Image
 
 T = TypeVar("T")
+# dlib's documented rule: "if two face descriptor vectors have a Euclidean distance between them less than 0.6 then
+# they are from the same person" (dlib.net/face_recognition.py.html, examples/dnn_face_recognition_ex.cpp)
+DLIB_SAME_PERSON_DISTANCE = 0.6
+# InsightFace's own same-person decision on ArcFace embeddings: cosine >= 0.4 (insightface 2.1,
+# insightface/gui/core/recognition.py compare_embeddings with constants.DEFAULT_THRESHOLD). Its verification
+# benchmarks (recognition/arcface_torch/eval/verification.py) fit a threshold per dataset by 10-fold cross-validation
+# instead of publishing one.
+ARCFACE_SAME_PERSON_COSINE = 0.4
 INSIGHTFACE_HELP = ("download the pack once (e.g. https://github.com/deepinsight/insightface/releases/download/"
                     "v0.7/{pack}.zip), unzip it so that {dir}/*.onnx exist, or set the pack root with "
                     "identity.insightface_root; other metrics still run without it")
@@ -57,15 +66,35 @@ class IdentityFace:
     box: tuple[int, int, int, int]  # x, y, width, height in pixels
     embedding: np.ndarray  # (D,) float32, unit L2 norm
     score: float = 1.0
+    descriptor: Optional[np.ndarray] = None  # the model's raw output where its verification rule needs it (dlib)
 
     @property
     def area(self) -> int:
         return self.box[2] * self.box[3]
 
 
+@dataclass(frozen=True)
+class VerificationRule:
+    """A backend's same-person decision: Euclidean distance of raw descriptors below `threshold` ("euclidean"), or
+    cosine of the unit embeddings at least `threshold` ("cosine")."""
+
+    metric: str
+    threshold: float
+
+    def same_person(self, a: IdentityFace, b: IdentityFace) -> bool:
+        if self.metric == "euclidean":
+            return float(np.linalg.norm(a.descriptor - b.descriptor)) < self.threshold
+        return float(a.embedding @ b.embedding) >= self.threshold
+
+    def describe(self) -> str:
+        return (f"Euclidean distance < {self.threshold}" if self.metric == "euclidean"
+                else f"cosine >= {self.threshold}")
+
+
 class FaceIdentityEmbedder(Protocol):
     name: str
     version: str  # model files / pack, for reports
+    verification: VerificationRule
 
     def embed(self, image: Image.Image) -> list[IdentityFace]: ...
 
@@ -131,20 +160,24 @@ class DlibEmbedder:
 
     name = "dlib"
 
-    def __init__(self, upsample: int = 1, num_jitters: int = 0, models_dir: Optional[Path] = None):
+    def __init__(self, upsample: int = 1, num_jitters: int = 0, models_dir: Optional[Path] = None,
+                 same_person_distance: float = DLIB_SAME_PERSON_DISTANCE):
         import dlib
 
         self.faces = DlibDetector(upsample=upsample, models_dir=models_dir)
         weights = _dlib_file(self.faces.models_dir, "dlib_face_recognition_resnet_model_v1.dat")
         self.model = load_model_file("dlib", weights, dlib.face_recognition_model_v1)
         self.num_jitters = num_jitters
+        self.verification = VerificationRule("euclidean", same_person_distance)
         self.version = f"dlib {dlib.__version__} resnet_model_v1 (HOG detector, upsample {upsample})"
 
     def embed(self, image: Image.Image) -> list[IdentityFace]:
         rgb = _rgb(image)
-        return [IdentityFace(_box(rect, rgb.shape[1], rgb.shape[0]),
-                             unit(np.array(self.model.compute_face_descriptor(rgb, shape, self.num_jitters))), score)
-                for rect, score, shape in self.faces.detect(rgb)]
+        faces = []
+        for rect, score, shape in self.faces.detect(rgb):
+            descriptor = np.array(self.model.compute_face_descriptor(rgb, shape, self.num_jitters), dtype=np.float32)
+            faces.append(IdentityFace(_box(rect, rgb.shape[1], rgb.shape[0]), unit(descriptor), score, descriptor))
+        return faces
 
 
 def arcface_keypoints(shape) -> np.ndarray:
@@ -158,7 +191,8 @@ class ArcFaceOnnxEmbedder:
 
     name = "arcface_onnx"
 
-    def __init__(self, model_path: str | os.PathLike, upsample: int = 1, models_dir: Optional[Path] = None):
+    def __init__(self, model_path: str | os.PathLike, upsample: int = 1, models_dir: Optional[Path] = None,
+                 same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE):
         from insightface.model_zoo import get_model
 
         path = Path(model_path).expanduser()
@@ -172,6 +206,7 @@ class ArcFaceOnnxEmbedder:
         model.prepare(ctx_id=-1)
         self.model = model
         self.faces = DlibDetector("shape_predictor_68_face_landmarks.dat", upsample, models_dir)
+        self.verification = VerificationRule("cosine", same_person_cosine)
         self.version = f"ArcFace ONNX {path.name} (dlib HOG detector, 68-point alignment)"
 
     def embed(self, image: Image.Image) -> list[IdentityFace]:
@@ -193,7 +228,7 @@ class InsightFaceEmbedder:
     name = "insightface"
 
     def __init__(self, pack: str = "buffalo_l", root: str | os.PathLike = "~/.insightface", det_size: int = 640,
-                 device: str = "cpu"):
+                 device: str = "cpu", same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE):
         from insightface.app import FaceAnalysis
 
         pack_dir = Path(root).expanduser() / "models" / pack
@@ -216,6 +251,7 @@ class InsightFaceEmbedder:
             raise FaceModelMissing(f"identity backend insightface: {str(pack_dir)!r} holds no recognition model: "
                                    + INSIGHTFACE_HELP.format(pack=pack, dir=pack_dir))
         self.app.prepare(ctx_id=0 if device.startswith("cuda") else -1, det_size=(det_size, det_size))
+        self.verification = VerificationRule("cosine", same_person_cosine)
         self.version = f"insightface pack {pack} ({', '.join(sorted(p.name for p in pack_dir.glob('*.onnx')))})"
 
     def embed(self, image: Image.Image) -> list[IdentityFace]:
