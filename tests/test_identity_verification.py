@@ -61,7 +61,8 @@ def test_dlib_rule_is_distance_on_raw_descriptors(dlib_embedder):
     assert 1.2 < np.linalg.norm(face.descriptor) < 1.7
     raw = float(np.linalg.norm(face.descriptor - other.descriptor))
     assert 0.6 < raw < 0.8  # different people, by dlib's rule
-    assert dlib_embedder.verification.same_person(face, face) and not dlib_embedder.verification.same_person(face, other)
+    rule = dlib_embedder.verification
+    assert rule.same_person(face, face) and not rule.same_person(face, other)
 
 
 def test_arcface_rule_is_insightfaces_own_decision(tiny_arcface_onnx):
