@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,19 @@ def tiny_model_config(tiny_model_dir: Path):
     from aldar_lit.config import ModelConfig
 
     return ModelConfig(name="tiny", pretrained=str(tiny_model_dir), random_init="tiny")
+
+
+@pytest.fixture
+def full_disk_dir(tmp_path: Path):
+    """A directory on a real 1 MiB tmpfs, to fill up; skipped where mounting is not allowed (needs root)."""
+    directory = tmp_path / "tmpfs"
+    directory.mkdir()
+    mount = shutil.which("mount")
+    result = subprocess.run([mount, "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)],
+                            capture_output=True, text=True) if mount else None
+    if result is None or result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() if result else 'no mount command'})")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

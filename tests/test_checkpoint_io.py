@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -41,20 +40,9 @@ def limit_file_size() -> None:
 def small_disk(request, tmp_path: Path):
     """(checkpoint directory, preexec_fn, expected reason): a real 1 MiB tmpfs where mounting is allowed
     (root on Linux), and the kernel's per-process file size limit everywhere."""
-    directory = tmp_path / "outputs"
-    directory.mkdir()
     if request.param == "file_size_limit":
-        yield directory, limit_file_size, "File too large"
-        return
-    mount = shutil.which("mount")
-    result = subprocess.run([mount or "mount", "-t", "tmpfs", "-o", f"size={LIMIT_BYTES}", "tmpfs", str(directory)],
-                            capture_output=True, text=True) if mount else None
-    if result is None or result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() if result else 'no mount command'})")
-    try:
-        yield directory, None, "No space left on device"
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
+        return tmp_path / "outputs", limit_file_size, "File too large"
+    return request.getfixturevalue("full_disk_dir"), None, "No space left on device"
 
 
 def test_failed_save_keeps_the_previous_checkpoint_and_names_the_file(small_disk, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from torch import nn
 
 from aldar_lit.artifacts import ADAPTER_CARD, AdapterCard, read_adapter_card
+from aldar_lit.atomic_write import WriteError
 from aldar_lit.config import LoraConfig
 from aldar_lit.models.export import KOHYA_WEIGHTS, export_lora, ldm_unet_module
 from aldar_lit.models.loading import load_sdxl
@@ -158,6 +160,21 @@ def test_export_replaces_previous_adapter_whole(trained, tmp_path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [ADAPTER_CARD, "lora_kohya.safetensors",
                                                      "pytorch_lora_weights.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["lora"]
+
+
+def test_full_disk_keeps_the_previous_adapter_and_names_the_folder(trained, full_disk_dir) -> None:
+    """safetensors' own error names no file; the export's does, and leaves no hidden temporary folder."""
+    _, modules, cfg = trained
+    out = full_disk_dir / "lora"
+    export_lora(modules, cfg, out)
+    previous = {p.name: p.read_bytes() for p in out.iterdir()}
+    space = os.statvfs(full_disk_dir)
+    (full_disk_dir / "filler").write_bytes(bytes(space.f_bavail * space.f_frsize - 64 * 1024))
+    with pytest.raises(WriteError, match=f"No space left on device while writing {out}") as failure:
+        export_lora(modules, cfg, out)
+    assert failure.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in full_disk_dir.iterdir()) == ["filler", "lora"]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == previous
 
 
 def test_export_honours_the_umask(trained, tmp_path) -> None:

@@ -52,6 +52,10 @@ def sweep_stale_temporaries(target: Path) -> list[Path]:
     return stale
 
 
+# how Rust's I/O errors end, in the messages of Rust-backed writers such as safetensors ("... (os error 28)")
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 @contextlib.contextmanager
 def naming_the_file(path: Path) -> Iterator[None]:
     """Re-raise an OS error as a `WriteError` that says which file was being written and why."""
@@ -61,6 +65,12 @@ def naming_the_file(path: Path) -> Iterator[None]:
         raise
     except OSError as err:
         raise WriteError(err.errno, f"{err.strerror or err} while writing {path}") from err
+    except Exception as err:
+        rust_os_error = _RUST_OS_ERROR.search(str(err))
+        if rust_os_error is None:
+            raise
+        code = int(rust_os_error[1])
+        raise WriteError(code, f"{os.strerror(code)} while writing {path}") from err
 
 
 def _fsync_directory(directory: Path) -> None:
