@@ -11,8 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from aldar_lit.atomic_write import WriteError, replacing_dir, write_bytes, write_json
+from aldar_lit.data.caches import TensorCache
 
 KILLED_WRITER = """
 import sys, time
@@ -82,3 +84,12 @@ def test_a_failed_directory_build_leaves_the_old_directory_and_no_temporary(tmp_
     assert failure.value.errno == errno.ENOSPC
     assert [p.name for p in tmp_path.iterdir()] == ["lora"]
     assert [p.name for p in (tmp_path / "lora").iterdir()] == ["old.safetensors"]
+
+
+def test_full_disk_during_a_cache_fill_names_the_entry_and_leaves_no_partial_file(full_disk_dir: Path) -> None:
+    cache = TensorCache(full_disk_dir / "latents")
+    key = "ab" + "0" * 62
+    with pytest.raises(WriteError, match=f"No space left on device while writing {cache.path(key)}"):
+        cache.put(key, {"latent_dist": torch.zeros(1 << 19)})  # 2 MiB on a 1 MiB disk
+    assert list(cache.path(key).parent.iterdir()) == []
+    assert cache.get(key) is None
