@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from aldar_lit.evaluation.generation import StoryboardRun
-from aldar_lit.evaluation.metrics import Measurements, Scorers, measure
+from aldar_lit.evaluation.metrics import Measurements, Scorers, measure, storyboard_means
 from aldar_lit.evaluation.run import write_report
 from fixtures_eval import astronaut, cat, dlib_embedder, grace_hopper  # noqa: F401
 from test_eval_bad_input import eval_config, write_manifest
@@ -94,7 +94,11 @@ def test_significance_follows_the_storyboards_not_the_frames(tmp_path):
     """Storyboard differences that straddle 0 (mean 0.01, spread 0.04) over 250 tightly clustered frames: a
     frame-level analysis would call them significant (z ~ 4); resampling the 10 storyboards does not."""
     straddling = [0.05, -0.03, 0.06, -0.02, 0.04, -0.04, 0.05, -0.01, 0.03, -0.03]
-    report, comparisons = report_of(tmp_path, synthetic_clip_t(straddling), *REAL_WEIGHTS)
+    rows = synthetic_clip_t(straddling)
+    # the plot's per-storyboard points are the storyboard means the statistics resample
+    points = storyboard_means(rows, "simple", "clip_t") - storyboard_means(rows, "baseline", "clip_t")
+    assert points == pytest.approx(straddling, abs=0.002)
+    report, comparisons = report_of(tmp_path, rows, *REAL_WEIGHTS)
     (clip_t,) = comparisons
     assert clip_t["storyboards"] == 10 and clip_t["n_pairs"] == 250
     assert clip_t["mean_diff"] == pytest.approx(0.01, abs=1e-3)

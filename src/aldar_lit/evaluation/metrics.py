@@ -19,7 +19,7 @@ from PIL import Image
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
 from aldar_lit.evaluation.generation import StoryboardRun
-from aldar_lit.evaluation.statistics import Estimate, cluster_mean, paired_difference
+from aldar_lit.evaluation.statistics import Estimate, cluster_mean, cluster_totals, paired_difference
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
@@ -235,6 +235,12 @@ def metric_names(rows: list[dict[str, Any]]) -> list[str]:
 def storyboard(row: dict[str, Any]) -> tuple:
     """The cluster a row belongs to: its storyboard (story x seed)."""
     return row["story"], row["seed"]
+
+
+def storyboard_means(rows: list[dict[str, Any]], mode: str, metric: str) -> np.ndarray:
+    """The mean of `metric` within each storyboard of `mode` that has a value: the units the statistics resample."""
+    selected = [r for r in rows if r["metric"] == metric and r["mode"] == mode]
+    return cluster_totals([r["value"] for r in selected], [storyboard(r) for r in selected]).means
 
 
 def summarise(rows: list[dict[str, Any]], modes: list[str], num_resamples: int, confidence: float,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from aldar_lit.atomic_write import write_bytes, write_png
-from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric
+from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric, storyboard_means
 from aldar_lit.pipelines.outputs import contact_sheet
 
 RESULT_COLUMNS = ("mode", "story", "seed", "frame", "prompt", "metric", "value")
@@ -56,8 +56,9 @@ def how_to_read(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]
                   "significant.", ""]
     lines += [f"- Statistics are clustered by storyboard (story x seed): frames of one storyboard share its seed and, "
               f"in `ref_guided`, frame 1's face, so whole storyboards are resampled for the {confidence:.0%} intervals "
-              "(cluster bootstrap, expanded percentile) and the paired differences are tested with an exact "
-              "sign-flip test on storyboard-level differences. A difference is significant when both agree (the "
+              "(cluster bootstrap, expanded percentile) and the paired differences are tested by flipping the "
+              "signs of storyboard-level differences (exact up to 16 storyboards). A difference is significant "
+              "when both agree (the "
               f"interval excludes 0 and p < {1 - confidence:.2g}); MDE is the smallest true "
               "difference the suite detects with 80 % power, from the measured storyboard-to-storyboard spread.",
               "- Identity metrics exist only where a face was detected: read them next to `face_detected`. "
@@ -146,20 +147,24 @@ def save_figure(fig, path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def plot_metric_bars(summary: list[dict[str, Any]], path: Path) -> None:
-    """One panel per metric: a bar per mode with its CI as error bar."""
+def plot_metric_bars(summary: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per metric: a bar per mode with its CI as error bar, and a dot per storyboard (its mean)."""
     plt = _pyplot()
     metrics = [m for m in dict.fromkeys(r["metric"] for r in summary)
                if base_metric(m) not in ("qa_attempts", "seconds", "peak_memory_gb")]
     columns = min(4, len(metrics)) or 1
-    rows = max(1, math.ceil(len(metrics) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    panel_rows = max(1, math.ceil(len(metrics) / columns))
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(3.2 * columns, 2.8 * panel_rows), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         entries = [r for r in summary if r["metric"] == metric]
         means = np.array([r["mean"] for r in entries], float)
         low = np.nan_to_num(means - np.array([r["ci_low"] for r in entries], float))
         high = np.nan_to_num(np.array([r["ci_high"] for r in entries], float) - means)
         ax.bar(range(len(entries)), np.nan_to_num(means), yerr=[low, high], capsize=4, color="#4c72b0")
+        for position, entry in enumerate(entries):
+            points = storyboard_means(rows, entry["mode"], metric)
+            ax.scatter(position + np.linspace(-0.25, 0.25, len(points)), points, s=9, color="black", alpha=0.7,
+                       zorder=3)
         ax.set_xticks(range(len(entries)), [f"{r['mode']}\nn={r['n']}/{r['n_total']}" for r in entries], fontsize=7)
         ax.set_title(metric, fontsize=9)
         if np.isnan(means).all():

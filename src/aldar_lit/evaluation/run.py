@@ -53,7 +53,7 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
     write_text(out_dir / "report.md", report.report_markdown(facts, summary, comparisons, scorers.versions(cfg),
                                                             notes, st.confidence, random_weights))
     plots = [out_dir / "metric_bars.png"]
-    report.plot_metric_bars(summary, plots[0])
+    report.plot_metric_bars(summary, measurements.rows, plots[0])
     for backend in scorers.identity:
         plots.append(out_dir / f"identity_heatmap_{backend}.png")
         report.plot_identity_heatmaps(measurements.heatmaps, backend, plots[-1])
