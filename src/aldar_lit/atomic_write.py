@@ -36,8 +36,8 @@ def temporary_sibling(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
 
 
-def sweep_stale_temporaries(target: Path) -> list[Path]:
-    """Remove temporaries of `target` (and only of it) left by an earlier, killed process; return them."""
+def sweep_stale_temporaries(target: Path) -> None:
+    """Remove temporaries of `target` (and only of it) left by an earlier, killed process."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.tmp-[0-9a-f]{{12}}")
     stale = []
     with contextlib.suppress(FileNotFoundError), os.scandir(target.parent) as entries:
@@ -49,7 +49,6 @@ def sweep_stale_temporaries(target: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    return stale
 
 
 # how Rust's I/O errors end, in the messages of Rust-backed writers such as safetensors ("... (os error 28)")
