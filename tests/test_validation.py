@@ -17,7 +17,7 @@ from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.lora import UNET
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.validation import ValidationSampler, build_scorer
+from aldar_lit.training.validation import ValidationSampler, assemble_pipeline, build_scorer
 
 PROMPTS = ["aldar_kose_man standing in the steppe", "close-up portrait of aldar_kose_man"]
 TINY_SCORER = ScorerConfig(clip_model="aldar-tiny-clip", clip_pretrained=None,
@@ -112,3 +112,14 @@ def test_generation_uses_the_live_adapter_and_restores_modes(fitted, references,
 def test_validation_needs_prompts(tmp_path, references):
     with pytest.raises(ValueError, match="data.validation_prompts"):
         ValidationSampler([], [0], 1, partial(build_scorer, TINY_SCORER, references), tmp_path)
+
+
+def test_validation_samples_with_the_trained_prediction_type(tiny_model_config):
+    """objective.prediction_type reaches the scheduler the validation pipeline samples with, not only the loss."""
+    module = SDXLLoRAModule(tiny_model_config, LoraConfig(rank=2, alpha=2.0), OptimConfig(),
+                            ObjectiveConfig(prediction_type="v_prediction"), seed=0)
+    module.configure_model()
+    assert assemble_pipeline(module).scheduler.config.prediction_type == "v_prediction"
+    default = tiny_module(tiny_model_config)
+    default.configure_model()
+    assert assemble_pipeline(default).scheduler.config.prediction_type == "epsilon"  # the model's own

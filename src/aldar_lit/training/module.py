@@ -56,6 +56,9 @@ class SDXLLoRAModule(L.LightningModule):
         self.text_encoder, self.text_encoder_2 = parts.text_encoder, parts.text_encoder_2
         self.tokenizers = (parts.tokenizer, parts.tokenizer_2)
         self.noise_scheduler = parts.training_noise_scheduler()
+        if self.objective_cfg.prediction_type is not None:
+            # on the scheduler, as diffusers' training scripts do, so that validation samples with it too
+            self.noise_scheduler.register_to_config(prediction_type=self.objective_cfg.prediction_type)
         with torch.random.fork_rng(devices=[]):  # the adapters' initial weights depend on the seed alone
             torch.manual_seed(self.seed)
             self.trained_parts = tuple(attach_lora(self.sdxl_modules(), self.lora_cfg))
@@ -117,7 +120,8 @@ class SDXLLoRAModule(L.LightningModule):
             return self._loss(batch, generator)
 
     def _loss(self, batch: dict[str, Any], generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
-        with torch.no_grad():
+        # the VAE runs in model.vae_dtype, outside the training autocast (the stock SDXL VAE overflows in fp16)
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
             if "latent_dist" in batch:
                 posterior = DiagonalGaussianDistribution(batch["latent_dist"].to(self.vae.dtype))
             else:
@@ -158,6 +162,6 @@ class SDXLLoRAModule(L.LightningModule):
         missing = self.trainable_parameter_names() - checkpoint["state_dict"].keys()
         if missing:
             raise ValueError(
-                f"ckpt_path: the checkpoint lacks {len(missing)} LoRA tensors of this model "
+                f"the checkpoint lacks {len(missing)} LoRA tensors of this model "
                 f"(e.g. {sorted(missing)[0]}); was it trained with other lora.* settings?"
             )

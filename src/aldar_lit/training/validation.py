@@ -94,6 +94,31 @@ def assemble_pipeline(pl_module: L.LightningModule) -> StableDiffusionXLPipeline
     return pipe
 
 
+def decode_latents(pipe: StableDiffusionXLPipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """The end of `StableDiffusionXLPipeline.__call__`, run in the VAE's own dtype outside any autocast.
+
+    Under the training autocast the VAE would compute in bf16/fp16 whatever `model.vae_dtype` says. An
+    fp16 VAE with `force_upcast` (the stock SDXL VAE) decodes in fp32, as the pipeline does.
+    """
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    config = vae.config
+    if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1).to(latents) for v in (config.latents_mean, config.latents_std))
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    with torch.autocast(latents.device.type, enabled=False):
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
 def image_grid(samples: Sequence[Sample], columns: int) -> Image.Image:
     """Samples in rows of `columns` (one row per prompt, one column per seed)."""
     width, height = samples[0].image.size
@@ -171,18 +196,19 @@ class ValidationSampler(L.Callback):
         try:
             pipe = assemble_pipeline(pl_module)
             samples = []
-            with trainer.precision_plugin.forward_context():
-                for prompt in self.prompts:
-                    images = pipe(
+            for prompt in self.prompts:
+                with trainer.precision_plugin.forward_context():  # denoising in the training precision
+                    latents = pipe(
                         prompt=[prompt] * len(self.seeds),
                         generator=[torch.Generator("cpu").manual_seed(seed) for seed in self.seeds],
                         num_inference_steps=self.num_inference_steps,
                         guidance_scale=self.guidance_scale,
                         height=self.resolution,
                         width=self.resolution,
-                        output_type="pil",
+                        output_type="latent",
                     ).images
-                    samples += [Sample(prompt, seed, image) for seed, image in zip(self.seeds, images)]
+                images = decode_latents(pipe, latents)
+                samples += [Sample(prompt, seed, image) for seed, image in zip(self.seeds, images)]
         finally:
             for module, training in modes.items():
                 module.training = training
