@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from aldar_lit.artifacts import read_adapter_card
 from aldar_lit.config import (
     ConfigError, DataConfig, DinoConfig, LoraConfig, ObjectiveConfig, OptimConfig, ScorerConfig, TrainConfig,
     ValidationConfig,
@@ -18,7 +20,7 @@ from aldar_lit.config import (
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.run import Selection, export_selected, loggable_config
-from aldar_lit.training.selection import StepCheckpoint, best_score_checkpoint
+from aldar_lit.training.selection import CheckpointError, StepCheckpoint, best_score_checkpoint, load_checkpoint_weights
 from aldar_lit.training.validation import ValidationSampler
 
 SCRIPTED_SCORES = [0.1, 0.5, 0.3, 0.2, 0.4]  # one per evaluation at steps 1..5: best is step 2, then step 5
@@ -54,7 +56,7 @@ def selected(tmp_path_factory, tiny_model_config, demo_data_dir):
     config = TrainConfig(lora=LORA, validation=ValidationConfig(enabled=True, every_n_steps=1),
                          data=DataConfig(root=str(demo_data_dir), validation_prompts=["x"]))
     files, report = export_selected(module, config, selection, out_dir)
-    return out_dir, files, report, final_state
+    return out_dir, files, report, final_state, module
 
 
 def test_top_k_keeps_the_best_scored_checkpoints(selected):
@@ -64,15 +66,15 @@ def test_top_k_keeps_the_best_scored_checkpoints(selected):
 
 
 def test_report_names_the_best_checkpoint_and_history(selected):
-    out_dir, _, report, _ = selected
+    out_dir, _, report, *_ = selected
     assert report["best_checkpoint"] == str(out_dir / "checkpoints" / "best-step=2-score=0.5000.ckpt")
     assert report["best_step"] == 2 and report["best_score"] == pytest.approx(0.5)
     assert [(h["step"], h["score"]) for h in report["history"]] == list(zip(range(1, 6), SCRIPTED_SCORES))
 
 
 def test_exported_adapter_is_the_best_checkpoint_not_the_last_step(selected):
-    out_dir, files, report, final_state = selected
-    best = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    out_dir, files, report, final_state, _ = selected
+    best = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
     exported = list(load_file(files["diffusers"]).values())
     assert len(exported) == len(best)
 
@@ -83,6 +85,35 @@ def test_exported_adapter_is_the_best_checkpoint_not_the_last_step(selected):
     changed = [k for k, v in best.items() if not torch.equal(v, final_state[k])]
     assert changed, "training moved the adapter between step 2 and step 5"
     assert not any(in_export(final_state[k]) for k in changed)
+
+
+def test_adapter_card_records_what_the_exported_weights_were_trained_for(selected, tiny_model_config):
+    out_dir, *_ = selected
+    card = read_adapter_card(out_dir / "lora")
+    assert (card.training_steps, card.best_score) == (2, pytest.approx(0.5))  # the best checkpoint's, not step 5's
+    assert (card.trigger, card.resolution, card.rank) == ("aldar_kose_man", 1024, 2)
+    assert card.prediction_type == "epsilon"  # the tiny model's scheduler; objective.prediction_type=null
+    assert card.base_model == tiny_model_config.pretrained
+
+
+def test_a_planted_best_checkpoint_that_runs_code_is_refused_naming_it(selected, tmp_path):
+    """A pickle with a `__reduce__` payload in place of a best-*.ckpt: refused, nothing runs."""
+    from test_train_script import EVIL_MARKER, plant_evil_checkpoint
+
+    module = selected[4]
+    planted = plant_evil_checkpoint(tmp_path / "best-step=2-score=0.5000.ckpt")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(planted))}: refused to load"):
+        load_checkpoint_weights(module, planted)
+    assert not (tmp_path / EVIL_MARKER).exists()
+
+
+def test_best_checkpoint_of_another_lora_rank_is_named(selected, tmp_path):
+    out_dir, _, report, _, module = selected
+    checkpoint = torch.load(report["best_checkpoint"], map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["lora"]["rank"] = 8
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path / 'other.ckpt'))} holds a LoRA of rank 8"):
+        load_checkpoint_weights(module, tmp_path / "other.ckpt")
 
 
 def test_without_validation_the_final_weights_are_exported(tiny_model_config, tmp_path):

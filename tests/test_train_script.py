@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,132 @@ def test_missing_data_dir_is_named(tmp_path: Path) -> None:
     result = train(tmp_path / "run", "data=folder", f"data.root={tmp_path / 'nowhere'}", check=False, demo=False)
     assert result.returncode != 0
     assert f"data.root: directory {tmp_path / 'nowhere'} does not exist" in result.stderr
+
+
+VALIDATED = ("callbacks=validation", "scorer=tiny", "validation.every_n_steps=2", "validation.num_inference_steps=2",
+             "validation.seeds=[0]", "validation.top_k=2", "checkpoint.every_n_train_steps=2")
+
+
+@pytest.fixture(scope="module")
+def validated_run(tmp_path_factory, cache_dir) -> Path:
+    """8 steps scored every 2: the tiny random scorer ranks step 4 first, then step 6 (steps 2 and 8 lower)."""
+    run_dir = tmp_path_factory.mktemp("validated")
+    train(run_dir, "trainer.max_steps=8", *VALIDATED)
+    return run_dir
+
+
+def same_adapter(run_a: Path, run_b: Path) -> bool:
+    a, b = (load_file(run / "lora" / "pytorch_lora_weights.safetensors") for run in (run_a, run_b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("resume_from", "step"), [("step-000006.ckpt", 6),  # an evaluation follows
+                                                   ("last.ckpt", 8)])  # none does
+def test_resume_into_a_new_directory_exports_the_uninterrupted_runs_best(validated_run: Path, tmp_path: Path,
+                                                                         resume_from: str, step: int) -> None:
+    """The README's resume command (a new run directory) keeps the top-k by val/score of the run it resumes."""
+    expected = json.loads((validated_run / "summary.json").read_text())
+    assert expected["best_step"] < 6, "the test needs a best checkpoint from before the resume"
+    previous_files = {p: p.stat().st_mtime_ns for p in (validated_run / "checkpoints").iterdir()}
+    resumed = tmp_path / "resumed"
+    train(resumed, "trainer.max_steps=8", *VALIDATED, f"ckpt_path={validated_run / 'checkpoints' / resume_from}")
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["resumed_from"]["step"] == step
+    assert (summary["best_step"], summary["best_score"]) == (expected["best_step"], expected["best_score"])
+    assert Path(summary["best_checkpoint"]).parent == resumed / "checkpoints"  # the new directory holds its top-k
+    assert same_adapter(resumed, validated_run)
+    assert {p: p.stat().st_mtime_ns for p in (validated_run / "checkpoints").iterdir()} == previous_files
+
+
+EVIL_MARKER = "evil-ran"
+
+
+class RunsCode:
+    """Unpickling it runs `touch <marker>`: what a planted checkpoint would do with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant_evil_checkpoint(path: Path) -> Path:
+    """A checkpoint-shaped file (torch.save zip format) whose unpickling would create `path.parent/evil-ran`."""
+    torch.save({"state_dict": {}, "global_step": 4, "payload": RunsCode(path.parent / EVIL_MARKER)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [("url", "ckpt_path: must be a local checkpoint file, got the URL 'http://127.0.0.1:9/last.ckpt'"),
+     ("missing", "ckpt_path: no checkpoint file at {path}"),
+     ("evil", "ckpt_path: {path}: refused to load: it holds Python objects other than tensors")],
+)
+def test_unsafe_or_missing_checkpoint_is_refused_before_loading_naming_the_file(tmp_path: Path, kind: str,
+                                                                                message: str) -> None:
+    path = {"url": "http://127.0.0.1:9/last.ckpt", "missing": str(tmp_path / "nowhere.ckpt"),
+            "evil": str(plant_evil_checkpoint(tmp_path / "last.ckpt"))}[kind]
+    result = train(tmp_path / "run", f"ckpt_path={path}", check=False)
+    assert result.returncode != 0
+    assert message.format(path=path) in result.stderr
+    assert not (tmp_path / EVIL_MARKER).exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_checkpoint_of_another_lora_shape_is_named_in_one_sentence(full_run: Path, tmp_path: Path) -> None:
+    checkpoint = full_run / "checkpoints" / "last.ckpt"
+    result = train(tmp_path / "run", "lora.rank=4", "lora.unet_targets=[to_q,to_v]", f"ckpt_path={checkpoint}",
+                   check=False)
+    assert result.returncode != 0
+    assert (f"ckpt_path: {checkpoint} holds a LoRA of rank 2 on UNet targets ['to_q', 'to_k', 'to_v', 'to_out.0'] "
+            "and text-encoder targets ['q_proj', 'k_proj', 'v_proj', 'out_proj'], but this run has lora.rank=4, "
+            "lora.unet_targets=['to_q', 'to_v'] and text-encoder targets") in result.stderr
+    assert "size mismatch" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def csv_steps(path: Path) -> set[int]:
+    with path.open(newline="") as file:
+        return {int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_signal_stops_with_a_checkpoint_a_summary_and_the_resume_command(tmp_path: Path, signum: int) -> None:
+    """SIGTERM (SLURM, timeout, docker stop) or Ctrl-C: last.ckpt of a completed step, summary.json status
+    interrupted, the exact resume command, rc 128+signal; the resume keeps the metrics logged before it."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(train_command(run_dir, "trainer.max_steps=500", "checkpoint.every_n_train_steps=2",
+                                             "trainer.log_every_n_steps=1"),
+                               cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "step-000002.ckpt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.2)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, output[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == signal.Signals(signum).name
+    stopped_at = summary["global_step"]
+    assert 2 <= stopped_at < 500 and checkpoint["global_step"] == stopped_at
+    assert summary["resume_command"] in output
+    assert csv_steps(run_dir / "csv" / "metrics.csv") == set(range(stopped_at))  # flushed on the way out
+
+    command = shlex.split(summary["resume_command"])
+    assert command[:2] == ["python", "train.py"] and f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}" in command
+    command = [sys.executable, *command[1:]]
+    command[command.index("trainer.max_steps=500")] = f"trainer.max_steps={stopped_at + 2}"
+    resumed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == stopped_at + 2
+    assert summary["resumed_from"]["step"] == stopped_at
+    # the metrics from before the signal are kept; the resumed run's are beside them, where the summary says
+    assert csv_steps(run_dir / "csv" / "metrics.csv") == set(range(stopped_at))
+    assert summary["metrics_csv"] == [str(run_dir / "csv" / "version_0" / "metrics.csv")]
+    assert csv_steps(Path(summary["metrics_csv"][0])) == {stopped_at, stopped_at + 1}

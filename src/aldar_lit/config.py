@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
@@ -314,6 +315,12 @@ class TrainConfig:
                     f"data=demo trains on the demo character drawn into data.demo.dir={self.data.demo.dir}, not on "
                     f"{self.data.root}; to train on your images: python train.py{experiment} data=folder "
                     f"data.root={self.data.root}")
+        if self.ckpt_path is not None:
+            # Lightning would fetch a URL and unpickle it with weights_only=False: only local files resume
+            require("://" not in self.ckpt_path, "ckpt_path",
+                    f"must be a local checkpoint file, got the URL {self.ckpt_path!r}; download it first")
+            require(os.path.isfile(os.path.expanduser(self.ckpt_path)), "ckpt_path",
+                    f"no checkpoint file at {self.ckpt_path}")
         require(self.progress_every_n_steps >= 1, "progress_every_n_steps",
                 f"must be a positive integer, got {self.progress_every_n_steps}")
         clipped_mixed = self.trainer.get("gradient_clip_val") and str(self.trainer.get("precision")).endswith("-mixed")

@@ -20,7 +20,8 @@ import lightning as L
 import torch
 from hydra.utils import get_class, get_method, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -32,8 +33,11 @@ from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.redaction import REDACTED, is_secret_key
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
+from aldar_lit.training.interruption import InterruptCheckpoint, interrupted_summary
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.selection import StepCheckpoint, best_score_checkpoint, load_checkpoint_weights
+from aldar_lit.training.selection import (
+    CheckpointError, StepCheckpoint, best_score_checkpoint, check_lora_fits, load_checkpoint_weights, read_checkpoint,
+)
 from aldar_lit.training.validation import SCORE_KEY, ValidationSampler, build_scorer
 
 log = logging.getLogger(__name__)
@@ -102,9 +106,30 @@ def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[C
     if config.trainer.get("enable_progress_bar", True):
         # not Rich's bar, which reads the metrics back from the GPU after every step whatever its refresh rate
         callbacks.append(TQDMProgressBar(refresh_rate=config.progress_every_n_steps))
-    loggers = [instantiate(spec) for spec in config.logger.values()]
+    loggers = [instantiate(spec, **csv_version(spec)) for spec in config.logger.values()]
     return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
                        plugins=[AtomicCheckpointIO()])
+
+
+def csv_version(spec: dict[str, Any]) -> dict[str, Any]:
+    """For a CSV logger whose file exists already (a run resumed in its own directory): Lightning's next
+    `version_N` beside it, since Lightning would delete the earlier metrics otherwise."""
+    if get_class(spec["_target_"]) is not CSVLogger:
+        return {}
+    version = spec.get("version")
+    existing = Path(spec["save_dir"], spec.get("name", "lightning_logs"), "" if version is None else str(version))
+    return {"version": None} if version is not None and (existing / "metrics.csv").exists() else {}
+
+
+def check_resume_checkpoint(config: TrainConfig) -> int:
+    """Read `ckpt_path` safely and check that its LoRA fits this config, before any model is loaded;
+    return its global step."""
+    try:
+        checkpoint = read_checkpoint(config.ckpt_path)
+        check_lora_fits(checkpoint, config.lora, config.ckpt_path)
+    except CheckpointError as err:
+        raise ConfigError(f"ckpt_path: {err}") from err
+    return int(checkpoint["global_step"])
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -124,6 +149,7 @@ def export_selected(module: SDXLLoRAModule, config: TrainConfig, selection: Sele
                     output_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
     """Export the best `val/score` checkpoint's adapter (or, without validation, the final weights)."""
     report: dict[str, Any] = {}
+    step = module.global_step
     if selection is not None:
         best_path = selection.best.best_model_path
         if not best_path:
@@ -137,7 +163,12 @@ def export_selected(module: SDXLLoRAModule, config: TrainConfig, selection: Sele
             "history": selection.sampler.history,
         }
         log.info("best checkpoint %s (step %d, val/score %.4f)", best_path, report["best_step"], report["best_score"])
-    return export_lora(module.trained_modules(), config.lora, output_dir / "lora"), report
+        step = report["best_step"]
+    files = export_lora(module.trained_modules(), config.lora, output_dir / "lora",
+                        base_model=resolve_pretrained(module.model_cfg), trigger=config.data.trigger,
+                        prediction_type=module.noise_scheduler.config.prediction_type,
+                        resolution=config.data.resolution, training_steps=step, best_score=report.get("best_score"))
+    return files, report
 
 
 def log_adapter_artifact(trainer: L.Trainer, lora_dir: Path, summary: dict[str, Any]) -> None:
@@ -167,6 +198,9 @@ def run(cfg: DictConfig) -> float:
     config = to_train_config(cfg)
     check_factories(config)
     output_dir = Path(config.paths.output_dir)
+    resumed_from = None
+    if config.ckpt_path:
+        resumed_from = {"checkpoint": config.ckpt_path, "step": check_resume_checkpoint(config)}
     L.seed_everything(config.seed, workers=True)
 
     datamodule = CaptionedImageDataModule(config.data, seed=config.seed)
@@ -174,19 +208,31 @@ def run(cfg: DictConfig) -> float:
     datamodule.setup("fit")  # validates every image and caption before a model is loaded
     module = SDXLLoRAModule(config.model, config.lora, config.optim, config.objective, seed=config.seed)
     selection = build_selection(config, output_dir, datamodule) if config.validation.enabled else None
-    trainer = build_trainer(config, output_dir, [selection.sampler, selection.best] if selection else [])
+    interruption = InterruptCheckpoint(output_dir / "checkpoints")
+    trainer = build_trainer(config, output_dir, [selection.sampler, selection.best, interruption] if selection
+                            else [interruption])
     for logger in trainer.loggers:
         logger.log_hyperparams(loggable_config(cfg))
 
     started = time.perf_counter()
-    with out_of_memory_advice(config):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+    try:
+        with out_of_memory_advice(config):
+            # weights_only: a checkpoint never runs code, whatever Lightning's default for its source
+            trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path, weights_only=True)
+    except SIGTERMException as stop:  # SIGTERM or Ctrl-C: `interruption` saved a checkpoint at the step's end
+        if trainer.is_global_zero:
+            summary = {**make_summary(config, module, trainer, time.perf_counter() - started, {}, resumed_from),
+                       **interrupted_summary(interruption, output_dir)}
+            write_json(output_dir / "summary.json", summary)
+            log.warning("training stopped by %s after step %d; resume with:\n  %s", summary["interrupted_by"],
+                        summary["global_step"], summary["resume_command"])
+        raise SystemExit(interruption.exit_code) from stop
     train_seconds = time.perf_counter() - started
     if not trainer.is_global_zero:
         return float("nan")  # rank 0 exports, reports and answers the sweeper
 
     adapter_files, selected = export_selected(module, config, selection, output_dir)
-    summary = {**make_summary(config, module, trainer, train_seconds, adapter_files), **selected}
+    summary = {**make_summary(config, module, trainer, train_seconds, adapter_files, resumed_from), **selected}
     write_json(output_dir / "summary.json", summary)
     log.info("LoRA written to %s", output_dir / "lora")
     log_adapter_artifact(trainer, output_dir / "lora", summary)
@@ -243,10 +289,14 @@ def out_of_memory_advice(config: TrainConfig) -> Iterator[None]:
 
 
 def make_summary(config: TrainConfig, module: SDXLLoRAModule, trainer: L.Trainer, train_seconds: float,
-                 adapter_files: dict[str, Path]) -> dict[str, Any]:
+                 adapter_files: dict[str, Path], resumed_from: dict[str, Any] | None = None) -> dict[str, Any]:
     checkpoints = sorted((Path(config.paths.output_dir) / "checkpoints").glob("*.ckpt"))
     memory, memory_kind = peak_memory()
     return {
+        "status": "completed",
+        "resumed_from": resumed_from,
+        "metrics_csv": [logger.experiment.metrics_file_path for logger in trainer.loggers
+                        if isinstance(logger, CSVLogger)],
         "base_model": resolve_pretrained(config.model),
         "model": config.model.name,
         "global_step": trainer.global_step,
