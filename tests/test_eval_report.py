@@ -50,7 +50,7 @@ def test_report_from_faces_and_non_faces(tmp_path, dlib_embedder):
     report = (out / "report.md").read_text()
     assert "| face_detected/dlib | simple − baseline | 0.6667 | – | – | 1 | 3 / 3 | not claimed |" in report
     assert "Not comparable (no unit has a value in both modes" in report and "id_to_frame1/dlib" in report
-    assert "identity/dlib: dlib" in report
+    assert "identity/dlib: dlib" in report and "- reference images: –" in report and "None" not in report
     assert ("- Identity rates (`dlib`; a frame without a face counts as not verified): face detected: baseline 0.33, "
             "simple 1.00; same person as frame 1: baseline 0.00, simple 1.00; same person as the training images: "
             "baseline 0.00, simple 1.00.") in report

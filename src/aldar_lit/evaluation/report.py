@@ -94,7 +94,7 @@ def report_markdown(facts: dict[str, Any], summary: list[dict[str, Any]], compar
     """report.md; with `random_weights` (what has them) it opens with a test-mode warning and claims nothing."""
     pct = f"{confidence:.0%}"
     lines = ["# Evaluation report", ""] + how_to_read(summary, comparisons, confidence, list(random_weights))
-    lines += [f"- {key}: {value}" for key, value in facts.items()] + [""]
+    lines += [f"- {key}: {fmt(value)}" for key, value in facts.items()] + [""]
     lines += ["## Models used", ""] + [f"- {k}: {v}" for k, v in versions.items()] + [""]
     for mode in dict.fromkeys(r["mode"] for r in summary):
         lines += [f"## Mode `{mode}`", "",
