@@ -60,7 +60,8 @@ def how_to_read(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]
               "signs of storyboard-level differences (exact up to 16 storyboards). A difference is significant "
               "when both agree (the "
               f"interval excludes 0 and p < {1 - confidence:.2g}); MDE is the smallest true "
-              "difference the suite detects with 80 % power, from the measured storyboard-to-storyboard spread.",
+              "difference the suite detects with 80 % power: (t_{1-a/2} + t_{0.8}) x SD of the storyboard-level "
+              "differences / sqrt(storyboards), t with storyboards - 1 degrees of freedom.",
               "- Identity metrics exist only where a face was detected: read them next to `face_detected`. "
               "Cosines: good text-image matches score ~0.25-0.35 on CLIP-T (ViT-L/14), DreamBooth's subject "
               "fidelity is CLIP-I ~0.80, DINO ~0.67 (DreamBench)."]
