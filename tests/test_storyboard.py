@@ -2,20 +2,26 @@
 diffusers loaders (64 px frames, 2 steps)."""
 
 import base64
+import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from aldar_lit.artifacts import read_adapter_card, write_adapter_card
 from aldar_lit.config import ConfigError
 from aldar_lit.pipelines.config import to_infer_config
 from aldar_lit.pipelines.generator import AdapterError
@@ -119,6 +125,9 @@ def test_manifest_records_adapters_for_frames_2_to_n_only(ref_guided_runs, tiny_
     assert second["pose"] == "walking"
     _, no_ip_manifest, _ = ref_guided_runs["ip_scale_0"]
     assert no_ip_manifest["frames"][1]["active_adapters"]["ip_adapter"]["scale"] == 0.0
+    tensors = len(load_file(tiny_lora_dir / "pytorch_lora_weights.safetensors"))
+    assert manifest["lora"] == {"path": str(tiny_lora_dir), "scale": 1.0, "tensors": tensors, "applied": tensors,
+                                "unmatched": []}
 
 
 def test_no_face_in_frame_1_falls_back_with_a_recorded_warning(ref_guided_runs):
@@ -129,12 +138,21 @@ def test_no_face_in_frame_1_falls_back_with_a_recorded_warning(ref_guided_runs):
     assert any("no face found in frame 1" in w for w in manifest["frames"][0]["warnings"])
 
 
-def test_simple_mode_lora_differs_from_baseline(tiny_model_dir, tiny_lora_dir, tmp_path):
+def test_baseline_is_sdxl_alone_even_with_a_lora_path(tiny_model_dir, tiny_lora_dir, tmp_path, caplog):
+    """mode=baseline with lora.path set makes the frames of baseline without it, says so in the log and the manifest,
+    and lists no LoRA; mode=simple applies the LoRA."""
     story = write_story(tmp_path / "one.yaml", TWO_SCENES[:1])
-    _, base_manifest, baseline = storyboard(tmp_path / "baseline", story, "mode=baseline")
+    _, _, baseline = storyboard(tmp_path / "baseline", story, "mode=baseline")
+    with caplog.at_level("WARNING", logger="aldar_lit.pipelines.storyboard"):
+        _, ignored_manifest, ignored = storyboard(tmp_path / "ignored", story, "mode=baseline",
+                                                  f"lora.path={tiny_lora_dir}")
     _, simple_manifest, simple = storyboard(tmp_path / "simple", story, "mode=simple", f"lora.path={tiny_lora_dir}")
+    np.testing.assert_array_equal(ignored[0], baseline[0])
     assert np.abs(baseline[0] - simple[0]).max() > 2
-    assert base_manifest["frames"][0]["active_adapters"] == {}
+    notice = f"mode=baseline is SDXL alone: lora.path={tiny_lora_dir} is ignored"
+    assert notice in caplog.text and notice in ignored_manifest["warnings"]
+    assert ignored_manifest["lora"] == {"path": None, "scale": 1.0, "ignored": str(tiny_lora_dir)}
+    assert ignored_manifest["frames"][0]["active_adapters"] == {}
     assert set(simple_manifest["frames"][0]["active_adapters"]) == {"lora"}
 
 
@@ -253,3 +271,181 @@ def test_adapters_for_another_base_model_are_refused(tiny_model_dir, tiny_lora_d
     with pytest.raises(AdapterError, match="adapters.controlnet.pretrained: .*cross_attention_dim=2048.*has 64"):
         storyboard(tmp_path / "c", two_scene_story, "mode=ref_guided", f"adapters.controlnet.pretrained={cn}",
                    "adapters.controlnet.random_init=null")
+
+
+# The precisions the shipped model configs use, through the same config keys (model=sdxl_base: bf16 weights, fp32
+# VAE; fp16 weights with the stock SDXL VAE in fp16, which diffusers upcasts to decode: its config says force_upcast).
+PRECISIONS = {
+    "bf16_weights_fp32_vae": ["model.dtype=bfloat16", "model.vae_dtype=float32"],
+    "fp16_weights_fp16_vae_upcast": ["model.dtype=float16", "model.vae_dtype=float16", "model.vae={upcast_vae}"],
+    "fp32": [],
+}
+MODE_OVERRIDES = {"baseline": ["mode=baseline"], "simple": ["mode=simple", "lora.path={lora}"],
+                  "ref_guided": ["mode=ref_guided", "lora.path={lora}"]}
+
+
+@pytest.fixture(scope="module")
+def upcast_vae(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny VAE with `force_upcast: true`, as in the stock SDXL VAE's config (a `model.vae` override)."""
+    vae = shutil.copytree(tiny_model_dir / "vae", tmp_path_factory.mktemp("vae") / "vae")
+    config = json.loads((vae / "config.json").read_text())
+    (vae / "config.json").write_text(json.dumps({**config, "force_upcast": True}))
+    return vae
+
+
+@pytest.fixture(scope="module")
+def precision_runs(tiny_lora_dir, two_scene_story, upcast_vae, ref_guided_runs, tmp_path_factory):
+    """Storyboards by (precision, mode), made on first use; fp32 ref_guided is the configured run above."""
+    runs = {("fp32", "ref_guided"): ref_guided_runs["configured"]}
+    root = tmp_path_factory.mktemp("precisions")
+
+    def get(precision: str, mode: str):
+        if (precision, mode) not in runs:
+            overrides = [o.format(lora=tiny_lora_dir, upcast_vae=upcast_vae)
+                         for o in (*MODE_OVERRIDES[mode], *PRECISIONS[precision])]
+            runs[precision, mode] = storyboard(root / f"{precision}-{mode}", two_scene_story, *overrides)
+        return runs[precision, mode]
+
+    return get
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_OVERRIDES))
+@pytest.mark.parametrize("precision", sorted(PRECISIONS))
+def test_storyboards_in_the_shipped_precisions(precision, mode, precision_runs):
+    """Every mode completes in every precision, computes in it, and makes the fp32 frames up to rounding."""
+    _, manifest, frames = precision_runs(precision, mode)
+    assert manifest["status"] == "complete" and len(frames) == 2
+    expected = {"bf16_weights_fp32_vae": ("bfloat16", "float32", False),
+                "fp16_weights_fp16_vae_upcast": ("float16", "float16", True), "fp32": ("float32", "float32", False)}
+    unet, vae, upcast = expected[precision]
+    assert manifest["precision"] == {"unet": unet, "text_encoders": unet, "vae": vae, "vae_force_upcast": upcast}
+    _, _, fp32_frames = precision_runs("fp32", mode)
+    for frame, fp32_frame in zip(frames, fp32_frames, strict=True):
+        assert frame.std() > 5, "a blank frame (NaN latents?)"
+        assert np.corrcoef(frame.ravel(), fp32_frame.ravel())[0, 1] > 0.9
+
+
+def test_prediction_type_from_the_config_or_the_adapter_card(tiny_model_dir, tiny_lora_dir, tmp_path):
+    """generation.prediction_type=v_prediction, or an adapter card that says v_prediction, puts it on the scheduler
+    (other frames than epsilon's); the manifest records it and where it came from."""
+    story = write_story(tmp_path / "one.yaml", TWO_SCENES[:1])
+    v_lora = shutil.copytree(tiny_lora_dir, tmp_path / "v_lora")
+    write_adapter_card(v_lora, dataclasses.replace(read_adapter_card(v_lora), prediction_type="v_prediction"))
+    _, epsilon_manifest, epsilon = storyboard(tmp_path / "epsilon", story, "mode=simple", f"lora.path={tiny_lora_dir}")
+    _, config_manifest, by_config = storyboard(tmp_path / "config", story, "mode=simple", f"lora.path={tiny_lora_dir}",
+                                               "generation.prediction_type=v_prediction")
+    _, card_manifest, by_card = storyboard(tmp_path / "card", story, "mode=simple", f"lora.path={v_lora}")
+    assert np.abs(epsilon[0] - by_config[0]).max() > 2
+    np.testing.assert_array_equal(by_card[0], by_config[0])
+    scheduler = {"class": "EulerDiscreteScheduler", "adapter_card": None}
+    assert epsilon_manifest["scheduler"] == {**scheduler, "prediction_type": "epsilon",
+                                             "source": "base model scheduler"}
+    assert config_manifest["scheduler"] == {**scheduler, "prediction_type": "v_prediction",
+                                            "source": "generation.prediction_type"}
+    assert card_manifest["scheduler"] == {**scheduler, "prediction_type": "v_prediction",
+                                          "source": "adapter card (adapter_card.json)", "adapter_card": "v_prediction"}
+    with pytest.raises(ConfigError, match="generation.prediction_type: must be one of"):
+        storyboard(tmp_path / "bad", story, "mode=baseline", "generation.prediction_type=sample")
+
+
+def test_a_lora_that_partly_fits_is_refused_unless_allowed(tiny_model_dir, tiny_lora_dir, tmp_path):
+    """A real adapter file with some keys renamed, loaded by diffusers' load_lora_weights: refused naming the count
+    and the keys; with lora.allow_partial=true the rest is applied and the manifest says what was."""
+    story = write_story(tmp_path / "one.yaml", TWO_SCENES[:1])
+    weights = tiny_lora_dir / "pytorch_lora_weights.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()  # the LoRA config (alpha) travels in the file's metadata
+    state = load_file(weights)
+    renamed = {k: k.replace(".to_q.", ".to_query.") if k.startswith("unet.up_blocks") else k for k in state}
+    unmatched = sorted(new for old, new in renamed.items() if new != old)
+    assert 0 < len(unmatched) < len(state)
+    partial = shutil.copytree(tiny_lora_dir, tmp_path / "partial")
+    save_file({renamed[k]: v for k, v in state.items()}, partial / weights.name, metadata=metadata)
+    count = f"{len(unmatched)} of its {len(state)} tensors fit no module of the base model"
+    with pytest.raises(AdapterError, match=rf"lora: .*: {count} .*to_query.*lora.allow_partial=true uses the"):
+        storyboard(tmp_path / "refused", story, "mode=simple", f"lora.path={partial}")
+    refused = json.loads((tmp_path / "refused" / "manifest.json").read_text())
+    assert refused["status"] == "failed" and refused["frames"] == []
+
+    _, manifest, frames = storyboard(tmp_path / "allowed", story, "mode=simple", f"lora.path={partial}",
+                                     "lora.allow_partial=true")
+    assert manifest["status"] == "complete" and len(frames) == 1
+    lora = manifest["lora"]
+    assert (lora["tensors"], lora["applied"]) == (len(state), len(state) - len(unmatched))
+    assert sorted(lora["unmatched"]) == unmatched
+    assert any(f"{len(unmatched)} of {len(state)} tensors" in w and "not applied" in w for w in manifest["warnings"])
+
+
+def infer_env(cache_dir: Path) -> dict[str, str]:
+    env = {**os.environ, "ALDAR_LIT_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("OPENAI_API_KEY", None)
+    return env
+
+
+def test_sigterm_keeps_the_finished_frames_and_exits_non_zero(tiny_model_dir, cache_dir, tmp_path):
+    """infer.py as a process, sent a real SIGTERM once frame 1 exists: the manifest says interrupted, the finished
+    frames and their storyboard sheets stay, nothing half-written is left, and the exit code is 128 + 15."""
+    scenes = 40
+    story = write_story(tmp_path / "long.yaml", [{"text": f"aldar_kose_man, scene {i}"} for i in range(scenes)])
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "infer.py", "model=tiny", "qa=off", "mode=baseline", f"story.file={story}",
+         f"hydra.run.dir={out}", *TINY_GENERATION],
+        cwd=REPO_ROOT, env=infer_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (out / "frames" / "01.png").exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no frame within 240 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    done = len(manifest["frames"])
+    assert manifest["status"] == "interrupted" and 1 <= done < scenes
+    assert manifest["error"] == f"stopped by SIGTERM after {done} of {scenes} frames"
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{i:02d}.png" for i in range(1, done + 1)]
+    assert Image.open(out / "storyboard.png").height > 0
+    assert len(re.findall(r'src="data:image/png;base64,', (out / "storyboard.html").read_text())) == done
+    assert "stopped by SIGTERM" in stdout + stderr and "Traceback" not in stderr  # Hydra logs to stdout
+
+
+ROOM_BYTES = 128 * 1024  # room for two 64-px frames and the manifest, not for storyboard.png (~200 KiB)
+
+
+@pytest.fixture(params=["full_tmpfs", "file_size_limit"])
+def nearly_full_disk(request, tmp_path):
+    """(output dir, preexec_fn for infer.py, the OS's reason): a real tmpfs filled up to ROOM_BYTES free (where it
+    can be mounted), and the kernel's per-process file size limit of ROOM_BYTES (everywhere)."""
+    if request.param == "full_tmpfs":
+        disk = request.getfixturevalue("full_disk_dir")
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(bytes(free - ROOM_BYTES))
+        return disk / "out", None, "No space left on device"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (ROOM_BYTES, ROOM_BYTES))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+
+    return tmp_path / "out", limit_file_size, "File too large"
+
+
+def test_a_full_disk_is_recorded_in_the_manifest_naming_the_file(tiny_model_dir, cache_dir, two_scene_story,
+                                                                 nearly_full_disk, tmp_path):
+    """storyboard.png does not fit: infer.py fails once, naming the file and the reason; the manifest says so
+    (not `running`), although writing the sheets fails again while recording it; the frames stay."""
+    out, preexec_fn, reason = nearly_full_disk
+    result = subprocess.run(
+        [sys.executable, "infer.py", "model=tiny", "qa=off", "mode=baseline", f"story.file={two_scene_story}",
+         f"hydra.run.dir={tmp_path / 'hydra'}", f"paths.output_dir={out}", *TINY_GENERATION],
+        cwd=REPO_ROOT, env=infer_env(cache_dir), capture_output=True, text=True, timeout=300, preexec_fn=preexec_fn,
+    )
+    error = f"{reason} while writing {out / 'storyboard.png'}"
+    assert result.returncode == 1 and error in result.stderr, result.stderr[-3000:]
+    assert "During handling of the above exception" not in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and error in manifest["error"] and "WriteError" in manifest["error"]
+    assert any(w.startswith("storyboard sheets not written") and error in w for w in manifest["warnings"])
+    assert sorted(p.name for p in out.iterdir()) == ["frames", "manifest.json"]  # no temporaries left
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["01.png", "02.png"]

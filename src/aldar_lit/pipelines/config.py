@@ -12,7 +12,7 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config import ModelConfig, PathsConfig, require, to_schema
+from aldar_lit.config import PREDICTION_TYPES, ModelConfig, PathsConfig, require, to_schema
 
 MODES = ("baseline", "simple", "ref_guided")
 FACE_BACKENDS = ("haar", "mediapipe", "none")
@@ -63,6 +63,8 @@ class GenerationConfig:
     seed: int = 42  # scene i uses seed + i unless the scene sets its own
     negative_prompt: str = ""
     device: str = "auto"  # auto: cuda when available
+    # what the UNet predicts (epsilon | v_prediction); None: the LoRA's adapter card, else the base model's scheduler
+    prediction_type: Optional[str] = None
 
     def __post_init__(self) -> None:
         for key in ("width", "height"):
@@ -71,6 +73,8 @@ class GenerationConfig:
                      f"must be a positive multiple of 8, got {value}")
         require(self.steps > 0, "generation.steps", f"must be positive, got {self.steps}")
         require(self.guidance_scale >= 0, "generation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
+        require(self.prediction_type in (None, *PREDICTION_TYPES), "generation.prediction_type",
+                 f"must be one of {PREDICTION_TYPES} or null, got {self.prediction_type!r}")
 
 
 @dataclass
@@ -181,6 +185,7 @@ class LoraSourceConfig:
 
     path: Optional[str] = None
     scale: float = 1.0
+    allow_partial: bool = False  # load an adapter some of whose tensors fit no module of the base model
 
     def __post_init__(self) -> None:
         require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")

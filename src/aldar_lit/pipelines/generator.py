@@ -18,15 +18,20 @@ from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttn
 from PIL import Image
 from safetensors import safe_open
 
+from aldar_lit.artifacts import ADAPTER_CARD, read_adapter_card
 from aldar_lit.config import ModelConfig
 from aldar_lit.models.export import DIFFUSERS_WEIGHTS
 from aldar_lit.models.loading import load_sdxl, resolve_pretrained, torch_dtype
 from aldar_lit.models.random_init import spec_dir
 from aldar_lit.pipelines.config import AdaptersConfig, LoraSourceConfig
+from aldar_lit.pipelines.lora_fit import LoraFit, lora_fit
 from aldar_lit.pipelines.tiny_adapters import materialise_tiny_controlnet, materialise_tiny_ip_adapter
 from aldar_lit.quality.policy import Settings
 
 log = logging.getLogger(__name__)
+
+LORA_ADAPTER = "storyboard_lora"  # the name the LoRA is loaded under
+SHOWN_KEYS = 5  # unmatched LoRA keys named in an error
 
 
 class AdapterError(ValueError):
@@ -50,6 +55,16 @@ def check_lora_dir(lora: str) -> Path:
         what = "no such directory" if not path.is_dir() else f"no {DIFFUSERS_WEIGHTS} in it"
         raise AdapterError(f"lora: {str(path)!r}: {what} (give a training run's `lora/` dir)")
     return path
+
+
+def adapter_card_prediction_type(lora_dir: Path) -> Optional[str]:
+    """What the adapter was trained to predict, from its card (None without a card, or a card that does not say)."""
+    if not (lora_dir / ADAPTER_CARD).is_file():
+        return None
+    try:
+        return read_adapter_card(lora_dir).prediction_type
+    except ValueError as err:
+        raise AdapterError(f"lora: {err}") from err
 
 
 def materialise_adapters(cfg: AdaptersConfig, base_model: str) -> None:
@@ -116,6 +131,20 @@ def ip_adapter_bypassed(unet: torch.nn.Module) -> Iterator[None]:
         unet.set_attn_processor(dict(processors))
 
 
+def latents_in_vae_dtype(pipe: StableDiffusionXLPipeline, step: int, timestep: torch.Tensor,
+                         callback_kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A `callback_on_step_end` that hands the VAE the final latents in its own dtype.
+
+    diffusers 0.42's SDXL pipelines cast the latents before decoding only for an fp16 VAE with
+    `force_upcast`, so bf16/fp16 latents would reach an fp32 VAE (`model=sdxl_base`) or fp32 latents a
+    half-precision one, and the decode fails on mixed dtypes. An fp16 VAE with `force_upcast` is
+    still upcast by the pipeline itself.
+    """
+    if step == pipe.num_timesteps - 1:
+        return {"latents": callback_kwargs["latents"].to(pipe.vae.dtype)}
+    return {}
+
+
 @dataclass
 class RefGuidance:
     """What conditions a ref_guided frame beyond its prompt."""
@@ -128,28 +157,67 @@ class StoryboardGenerator:
     """Loads the base pipeline (and LoRA) at construction; the adapters on the first ref_guided frame."""
 
     def __init__(self, model: ModelConfig, lora: LoraSourceConfig, adapters: AdaptersConfig, device: str = "auto",
-                 progress: bool = False):
+                 progress: bool = False, prediction_type: Optional[str] = None):
         self.model_cfg = model
         self.adapters = adapters
         self.device = resolve_device(device)
         components = load_sdxl(model)
         self.base = StableDiffusionXLPipeline(**{f.name: getattr(components, f.name) for f in fields(components)})
-        self.lora = None
+        self.lora: Optional[str] = None
         self.lora_scale = lora.scale
+        self.lora_fit: Optional[LoraFit] = None
         if lora.path is not None:
             self.lora = str(check_lora_dir(lora.path))
-            self._load_lora(self.lora)
+            self.lora_fit = self._load_lora(self.lora, lora.allow_partial)
+        self.scheduler_info = self._set_prediction_type(prediction_type)
         self.base.to(self.device)
         self.base.set_progress_bar_config(disable=not progress, leave=False)
         self.guided: Optional[StableDiffusionXLControlNetPipeline] = None
         self.progress = progress
 
-    def _load_lora(self, path: str) -> None:
+    def _load_lora(self, path: str, allow_partial: bool) -> LoraFit:
+        """Load the LoRA and check that the model holds every tensor of it (or, with `allow_partial`, some)."""
         try:
-            self.base.load_lora_weights(path, weight_name=DIFFUSERS_WEIGHTS)
+            self.base.load_lora_weights(path, weight_name=DIFFUSERS_WEIGHTS, adapter_name=LORA_ADAPTER)
         except (RuntimeError, ValueError, KeyError) as err:
             raise AdapterError(f"lora: {path!r} does not fit the base model {self.model_cfg.pretrained!r} "
                                f"(trained on another base model?): {_first_line(err)}") from err
+        state_dict, _ = self.base.lora_state_dict(path, weight_name=DIFFUSERS_WEIGHTS)
+        fit = lora_fit(self.base, state_dict, LORA_ADAPTER)
+        if fit.unmatched:
+            problem = (f"lora: {path!r}: {len(fit.unmatched)} of its {fit.tensors} tensors fit no module of the base "
+                       f"model {self.model_cfg.pretrained!r} (trained on another base model?), e.g. "
+                       f"{', '.join(fit.unmatched[:SHOWN_KEYS])}")
+            if not fit.applied:
+                raise AdapterError(problem)
+            if not allow_partial:
+                raise AdapterError(f"{problem}; lora.allow_partial=true uses the {fit.applied} that fit")
+            log.warning("%s; using the %d that fit (lora.allow_partial=true)", problem, fit.applied)
+        return fit
+
+    def _set_prediction_type(self, requested: Optional[str]) -> dict[str, Any]:
+        """Put what the UNet predicts on the scheduler: `requested`, else the adapter card's, else the base model's."""
+        scheduler = self.base.scheduler
+        card = adapter_card_prediction_type(Path(self.lora)) if self.lora is not None else None
+        if requested is not None:
+            source = "generation.prediction_type"
+            if card is not None and card != requested:
+                log.warning("generation.prediction_type=%s overrides %s, which says the adapter was trained for %s",
+                            requested, Path(self.lora) / ADAPTER_CARD, card)
+        elif card is not None:
+            requested, source = card, f"adapter card ({ADAPTER_CARD})"
+        else:
+            requested, source = scheduler.config.prediction_type, "base model scheduler"
+        self.base.scheduler = type(scheduler).from_config(scheduler.config, prediction_type=requested)
+        return {"class": type(scheduler).__name__, "prediction_type": requested, "source": source,
+                "adapter_card": card}
+
+    def precision(self) -> dict[str, Any]:
+        """The dtypes the parts compute in (an fp16 VAE with `force_upcast` decodes in float32)."""
+        vae = self.base.vae
+        return {"unet": str(self.base.unet.dtype).removeprefix("torch."),
+                "text_encoders": str(self.base.text_encoder.dtype).removeprefix("torch."),
+                "vae": str(vae.dtype).removeprefix("torch."), "vae_force_upcast": bool(vae.config.force_upcast)}
 
     def enable_reference_guidance(self) -> None:
         """Load the ControlNet and the IP-Adapter (once) into a pipeline sharing the base's modules."""
@@ -180,7 +248,8 @@ class StoryboardGenerator:
         common = dict(prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
                       num_inference_steps=steps, guidance_scale=settings.guidance_scale,
                       generator=torch.Generator("cpu").manual_seed(settings.seed),
-                      cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None)
+                      cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None,
+                      callback_on_step_end=latents_in_vae_dtype)
         with torch.inference_mode():
             if guidance is None:
                 bypass = ip_adapter_bypassed(self.base.unet) if self.guided is not None else contextlib.nullcontext()

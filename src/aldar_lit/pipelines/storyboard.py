@@ -2,15 +2,15 @@
 
 Everything that can be checked without a model (story, poses, adapter files and their fit to the base
 model) is checked before any model loads. The manifest is rewritten after every frame, so a run that
-fails half-way (an adapter that does not load, an interrupted job) leaves its finished frames and a
-manifest saying where it stopped.
+fails half-way (an adapter that does not load, a full disk) or is stopped (SIGTERM, Ctrl-C) leaves its
+finished frames, the storyboard sheets of those frames, and a manifest saying where and why it stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,10 +22,12 @@ from tqdm.auto import tqdm
 from aldar_lit.atomic_write import write_json
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.pipelines.config import InferConfig, to_infer_config
-from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, base_unet_config, check_adapters_fit,
-                                           check_lora_dir, materialise_adapters, resolve_device)
+from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, adapter_card_prediction_type,
+                                           base_unet_config, check_adapters_fit, check_lora_dir, materialise_adapters,
+                                           resolve_device)
 from aldar_lit.pipelines.outputs import write_contact_sheet, write_frame, write_html
 from aldar_lit.pipelines.poses import get_pose, render_openpose
+from aldar_lit.pipelines.stop_signals import Interrupted, stop_on_signals
 from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
 from aldar_lit.quality.frame_qa import FrameQA, QAReport
@@ -61,10 +63,17 @@ def plan_frames(config: InferConfig, scenes: list[Scene]) -> list[FramePlan]:
     ]
 
 
+def without_baseline_lora(config: InferConfig) -> tuple[InferConfig, Optional[str]]:
+    """mode=baseline is SDXL alone: the config without its LoRA, and the LoRA path it ignores (or None)."""
+    if config.mode != "baseline" or config.lora.path is None:
+        return config, None
+    return replace(config, lora=replace(config.lora, path=None)), config.lora.path
+
+
 def preflight(config: InferConfig) -> None:
     """Adapter files exist and fit the base model; the reference image is readable."""
     if config.lora.path is not None:
-        check_lora_dir(config.lora.path)
+        adapter_card_prediction_type(check_lora_dir(config.lora.path))
     if config.mode == "ref_guided":
         from aldar_lit.models.loading import resolve_pretrained
 
@@ -109,18 +118,44 @@ class StoryboardRecord:
         self.manifest["frames"].append(frame)
         self.save()
 
+    def describe_models(self, generator: StoryboardGenerator) -> None:
+        """What the frames are really made with: dtypes, scheduler and prediction type, the LoRA tensors applied."""
+        self.manifest["precision"] = generator.precision()
+        self.manifest["scheduler"] = generator.scheduler_info
+        if generator.lora_fit is not None:
+            self.manifest["lora"].update(generator.lora_fit.to_dict())
+            if generator.lora_fit.unmatched:
+                self.warn(f"lora: {len(generator.lora_fit.unmatched)} of {generator.lora_fit.tensors} tensors fit "
+                          "no module of the base model and are not applied (lora.allow_partial=true)")
+        self.save()
+
     def save(self) -> None:
         write_json(self.out_dir / "manifest.json", self.manifest)
 
-    def finish(self, status: str, error: Optional[str] = None) -> None:
-        self.manifest["status"] = status
-        if error is not None:
-            self.manifest["error"] = error
+    def write_sheets(self) -> None:
+        """The contact sheet and the HTML page of the frames made so far."""
         if self.images:
             frames = self.manifest["frames"]
             write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames])
             write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images)
+
+    def finish(self) -> None:
+        self.write_sheets()
+        self.manifest["status"] = "complete"
         self.save()
+
+    def finish_stopped(self, status: str, error: str) -> None:
+        """Record a failed or interrupted run. Nothing here raises (a full disk may refuse these writes too):
+        what cannot be written is logged, so that the error which stopped the run stays the one reported."""
+        self.manifest["status"], self.manifest["error"] = status, error
+        try:
+            self.write_sheets()
+        except Exception as err:
+            self.warn(f"storyboard sheets not written: {err}")
+        try:
+            self.save()
+        except Exception as err:
+            log.error("manifest.json could not record status %r (%s): %s", status, error, err)
 
 
 class Storyboard:
@@ -227,7 +262,7 @@ class StoryboardModels:
 def load_models(config: InferConfig) -> StoryboardModels:
     face_detector = build_face_detector(config.qa.detectors)
     generator = StoryboardGenerator(config.model, config.lora, config.adapters, config.generation.device,
-                                    progress=False)
+                                    progress=False, prediction_type=config.generation.prediction_type)
     device = resolve_device(config.generation.device)
     qa = FrameQA(config.qa, device, face_detector) if config.qa.enabled else None
     return StoryboardModels(generator, qa, face_detector)
@@ -236,12 +271,17 @@ def load_models(config: InferConfig) -> StoryboardModels:
 def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[StoryboardModels] = None) -> dict[str, Any]:
     """Generate and write one storyboard (loading the models unless given); return its manifest."""
     t_start = time.perf_counter()
+    config, ignored_lora = without_baseline_lora(config)
     scenes = load_story(config.story)
     plans = plan_frames(config, scenes)
     preflight(config)
     record = StoryboardRecord(out_dir, config, len(plans))
+    if ignored_lora is not None:
+        record.manifest["lora"]["ignored"] = ignored_lora
+        record.warn(f"mode=baseline is SDXL alone: lora.path={ignored_lora} is ignored")
     try:
         models = models or load_models(config)
+        record.describe_models(models.generator)
         record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -251,13 +291,17 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
                                      f"adapters.reference_image {config.adapters.reference_image!r}")
         for plan in tqdm(plans, desc="frames", disable=not config.progress):
             storyboard.make_frame(plan)
-    except BaseException as err:
-        record.finish("failed", f"{type(err).__name__}: {err}")
+        timings = record.manifest["timings"]
+        timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
+        timings["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        record.finish()
+    except (Interrupted, KeyboardInterrupt) as stop:
+        by = stop.signal_name if isinstance(stop, Interrupted) else "SIGINT"
+        record.finish_stopped("interrupted", f"stopped by {by} after {len(record.images)} of {len(plans)} frames")
         raise
-    timings = record.manifest["timings"]
-    timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
-    timings["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    record.finish("complete")
+    except BaseException as err:
+        record.finish_stopped("failed", f"{type(err).__name__}: {err}")
+        raise
     return record.manifest
 
 
@@ -269,5 +313,13 @@ def make_storyboard(config: InferConfig, out_dir: Path) -> float:
 
 
 def run(cfg: DictConfig) -> float:
+    """infer.py's job. SIGTERM or Ctrl-C: the partial storyboard is kept and the exit code is 128 + the signal."""
     config = to_infer_config(cfg)
-    return make_storyboard(config, Path(config.paths.output_dir))
+    out_dir = Path(config.paths.output_dir)
+    with stop_on_signals():
+        try:
+            return make_storyboard(config, out_dir)
+        except Interrupted as stop:
+            log.error("stopped by %s: the finished frames, their storyboard sheets and manifest.json "
+                      "(status interrupted) are in %s", stop.signal_name, out_dir)
+            raise SystemExit(stop.exit_code) from None
