@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, Sampler
 
 # (height, width) of SDXL's aspect buckets at ~1024x1024 pixels (SDXL report, appendix; the
 # landscape/portrait pairs diffusers and kohya train with).
@@ -19,6 +20,8 @@ SDXL_BUCKETS_1024 = (
 )
 
 Bucket = tuple[int, int]
+
+log = logging.getLogger(__name__)
 
 
 def sdxl_buckets(resolution: int, multiple: int) -> list[Bucket]:
@@ -57,46 +60,73 @@ def resize_and_crop_box(height: int, width: int, bucket: Bucket, center: bool,
 
 
 class BucketSampler(DistributedSampler):
-    """Indices ordered so that every run of `batch_size` consecutive ones lies in a single bucket.
+    """This rank's samples in an order that is a function of (seed, epoch), forming batches of one bucket each.
 
-    Use it as the DataLoader's `sampler` with the same `batch_size` and `drop_last=False`. Global
-    batches (`batch_size` x `num_replicas` samples of one bucket, a bucket's last one filled with its
-    own samples again) are formed and shuffled as a function of (seed, epoch) and the global batch
-    size only; each rank takes its slice of every global batch. So a resumed run sees the same
-    batches, every rank of a step trains at the same resolution, and N ranks x B samples see exactly
-    what one process with N*B samples would. Like `DistributedSampler` (which it subclasses),
-    Lightning leaves it in place and calls `set_epoch` on it.
+    Global batches of `batch_size` x `num_replicas` samples are cut from each bucket's members in this
+    epoch's order. A bucket's last global batch holds what is left, no sample repeated to fill it (as
+    kohya's buckets do), so every image is trained once per epoch. With several ranks it is cut down
+    to a multiple of `num_replicas`, so that every rank gets as many: up to `num_replicas - 1` images
+    of a bucket (different ones each epoch) wait for a later epoch. Each rank takes its slice of every
+    global batch: a resumed run sees the same batches, every rank of a step trains at the same
+    resolution, and N ranks x B samples see what one process with N*B samples would whenever each
+    bucket's remainder divides by N. `BucketBatchSampler` hands the batches to a DataLoader.
     """
 
     def __init__(self, buckets_of_items: Sequence[Bucket], batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True):
-        super().__init__(range(len(buckets_of_items)), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         seed=seed)
+                 seed: int = 0):
+        super().__init__(range(len(buckets_of_items)), num_replicas=num_replicas, rank=rank, seed=seed)
         self.batch_size = batch_size
         self.groups: dict[Bucket, list[int]] = {}
         for index, bucket in enumerate(buckets_of_items):
             self.groups.setdefault(bucket, []).append(index)
-        global_size = batch_size * num_replicas
-        self.batches_per_rank = sum(math.ceil(len(members) / global_size) for members in self.groups.values())
+        for bucket, members in self.groups.items():
+            if len(members) < num_replicas:
+                log.warning("bucket %s holds %d images, fewer than the %d ranks: they are not trained",
+                            bucket, len(members), num_replicas)
+        global_batches = [batch for members in self.groups.values() for batch in self._global_batches(members)]
+        self.num_batches = len(global_batches)
+        self.num_samples = sum(map(len, global_batches)) // num_replicas  # this rank's, as in DistributedSampler
+
+    def _global_batches(self, members: list[int]) -> list[list[int]]:
+        """One bucket's members (in this epoch's order) cut into global batches."""
+        size = self.batch_size * self.num_replicas
+        batches = [members[i:i + size] for i in range(0, len(members), size)]
+        batches[-1] = batches[-1][:len(batches[-1]) // self.num_replicas * self.num_replicas]
+        return [batch for batch in batches if batch]
 
     def batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch."""
-        global_size = self.batch_size * self.num_replicas
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         global_batches = []
         for members in self.groups.values():
-            order = torch.randperm(len(members), generator=generator).tolist() if self.shuffle else range(len(members))
-            members = [members[i] for i in order]
-            filled = math.ceil(len(members) / global_size) * global_size
-            members = [members[i % len(members)] for i in range(filled)]
-            global_batches += [members[i:i + global_size] for i in range(0, filled, global_size)]
-        if self.shuffle:
-            global_batches = [global_batches[i] for i in torch.randperm(len(global_batches), generator=generator).tolist()]
-        start = self.rank * self.batch_size
-        return [batch[start:start + self.batch_size] for batch in global_batches]
+            order = torch.randperm(len(members), generator=generator).tolist()
+            global_batches += self._global_batches([members[i] for i in order])
+        global_batches = [global_batches[i] for i in torch.randperm(len(global_batches), generator=generator).tolist()]
+        return [batch[self.rank * (share := len(batch) // self.num_replicas):(self.rank + 1) * share]
+                for batch in global_batches]
 
     def __iter__(self) -> Iterator[int]:
         return iter([index for batch in self.batches() for index in batch])
 
+
+class BucketBatchSampler(Sampler[list[tuple[int, int]]]):
+    """A `BucketSampler`'s batches for the DataLoader's `batch_sampler`, from batch `first_batch` of the epoch on
+    (a resumed epoch skips the batches it trained).
+
+    A batch lists `(index, epoch)` keys: the dataset seeds an item's random crop and flip with them.
+    Lightning calls `set_epoch` on the `sampler` of a batch sampler, and leaves both in place with
+    `use_distributed_sampler=False` (the bucket sampler shards the data itself).
+    """
+
+    def __init__(self, sampler: BucketSampler):
+        super().__init__()
+        self.sampler = sampler
+        self.first_batch = 0
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler.batches()[self.first_batch:]:
+            yield [(index, epoch) for index in batch]
+
     def __len__(self) -> int:
-        return self.batches_per_rank * self.batch_size
+        return self.sampler.num_batches

@@ -45,11 +45,14 @@ class ScanReport:
     examples: list[CaptionedImage]
     skipped: list[SkippedFile] = field(default_factory=list)
 
+    def skipped_reasons(self) -> str:
+        """One indented line per skipped file: the file and why."""
+        return "\n".join(f"  {s.reason}" for s in self.skipped)
+
     def log_summary(self) -> None:
         if self.skipped:
-            lines = "\n".join(f"  {s.reason}" for s in self.skipped)
             log.warning("skipped %d of %d image files (data.on_bad_file=skip):\n%s",
-                        len(self.skipped), len(self.skipped) + len(self.examples), lines)
+                        len(self.skipped), len(self.skipped) + len(self.examples), self.skipped_reasons())
 
 
 def with_trigger(caption: str, trigger: str) -> str:
@@ -120,8 +123,8 @@ def scan_folder(root: str | Path, trigger: str, on_bad_file: str = "error", min_
             continue
         report.examples.append(CaptionedImage(path, with_trigger(caption, trigger), size))
     if not report.examples:
-        found = f" ({len(report.skipped)} skipped as bad)" if report.skipped else ""
-        raise DataError(f"data.root: no usable images ({', '.join(IMAGE_SUFFIXES)}) found in {root}{found}")
+        bad = f"; all {len(report.skipped)} image files are bad:\n{report.skipped_reasons()}" if report.skipped else ""
+        raise DataError(f"data.root: no usable images ({', '.join(IMAGE_SUFFIXES)}) found in {root}{bad}")
     return report
 
 
@@ -135,14 +138,18 @@ class CaptionedImageDataset(Dataset):
     cache, which the module samples from. With `use_text_cache`, `prompt_embeds` and
     `pooled_prompt_embeds` come from the text-embedding cache too.
 
+    An item is asked for by its index, or by `(index, epoch)` as `BucketBatchSampler` does: random crops
+    and flips are drawn from a generator seeded by (seed, epoch, index), so a resumed run draws the same.
+
     A file that turns bad after the scan is replaced by another sample of its bucket (`skip`,
     logged) or raises `DataError` naming it (`error`), so an epoch never dies on one file.
     """
 
     def __init__(self, examples: list[CaptionedImage], resolution: int, crop: str = "center",
                  random_flip: bool = False, buckets: list[Bucket] | None = None, on_bad_file: str = "skip",
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0):
         self.examples = examples
+        self.seed = seed
         self.crop = crop
         self.random_flip = random_flip
         self.on_bad_file = on_bad_file
@@ -165,16 +172,18 @@ class CaptionedImageDataset(Dataset):
         """The (top, left) crop of a center-cropped item: what cached latents were encoded with."""
         return resize_and_crop_box(*self.examples[index].size, self.item_buckets[index], center=True)[1]
 
-    def pixels(self, index: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    def pixels(self, index: int, epoch: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
         """The item's image in [-1, 1] at its bucket size, and the (top, left) of its crop."""
         example, bucket = self.examples[index], self.item_buckets[index]
         image = load_rgb(example.path, self.max_pixels)
         if (image.height, image.width) != example.size:
             raise DataError(f"{example.path}: changed since the scan ({image.width}x{image.height} now)")
-        resized, (top, left) = resize_and_crop_box(*example.size, bucket, center=self.crop == "center")
+        # (seed, (epoch, index)): nested, so never the (seed, step, index) seed of the module's noise draws
+        generator = torch.Generator().manual_seed(hash((self.seed, (epoch, index))) % 2**63)
+        resized, (top, left) = resize_and_crop_box(*example.size, bucket, self.crop == "center", generator)
         image = TF.resize(image, list(resized), interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         image = TF.crop(image, top, left, *bucket)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
             image = TF.hflip(image)
             left = resized[1] - bucket[1] - left  # the crop as seen in the mirrored image
         return TF.normalize(TF.to_tensor(image), [0.5], [0.5]), (top, left)
@@ -186,7 +195,7 @@ class CaptionedImageDataset(Dataset):
             raise DataError(f"{self.examples[index].path}: its {what} cache entry is missing or unreadable")
         return entry
 
-    def _item(self, index: int) -> dict:
+    def _item(self, index: int, epoch: int) -> dict:
         example, bucket = self.examples[index], self.item_buckets[index]
         item = {"index": torch.tensor(index), "caption": example.caption, "original_size": torch.tensor(example.size),
                 "target_size": torch.tensor(bucket)}
@@ -194,15 +203,16 @@ class CaptionedImageDataset(Dataset):
             item["latent_dist"] = self._cached(self.latent_cache, index, "latent")["latent_dist"]
             item["crop_top_left"] = torch.tensor(self.planned_crop(index))
         else:
-            item["pixel_values"], crop = self.pixels(index)
+            item["pixel_values"], crop = self.pixels(index, epoch)
             item["crop_top_left"] = torch.tensor(crop)
         if self.text_cache is not None:
             item.update(self._cached(self.text_cache, index, "text-embedding"))
         return item
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
-            return self._item(index)
+            return self._item(index, epoch)
         except (DataError, OSError) as err:
             if self.on_bad_file == "error":
                 raise DataError(str(err)) from err
@@ -211,11 +221,12 @@ class CaptionedImageDataset(Dataset):
         start = same_bucket.index(index)
         for replacement in same_bucket[start + 1:] + same_bucket[:start]:
             try:
-                item = self._item(replacement)
+                item = self._item(replacement, epoch)
             except (DataError, OSError):
                 continue
             log.warning("%s; skipped (data.on_bad_file=skip), using %s instead",
                         first_error, self.examples[replacement].path.name)
-            return item
+            # the index seeds the sample's noise: keep this slot's, as the replacement may be in the batch too
+            return {**item, "index": torch.tensor(index)}
         raise DataError(f"no readable sample left in bucket {self.item_buckets[index]}: {first_error}")
 
