@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import openai
 from PIL import Image
@@ -51,6 +51,28 @@ def image_tokens(width: int, height: int, detail: str) -> int:
     scale = min(1.0, 768 / min(width, height))
     tiles = math.ceil(width * scale / 512) * math.ceil(height * scale / 512)
     return 85 + 170 * tiles
+
+
+def openai_client(api_key: str, base_url: str | None, max_retries: int, timeout_s: float,
+                  on_request: Callable[[Any], None]) -> openai.OpenAI:
+    """The `openai` client every vision call uses: the client's own retries with backoff (429, 5xx, connection
+    errors, timeouts) and `on_request` called for each HTTP request, retries included."""
+    http_client = openai.DefaultHttpxClient(event_hooks={"request": [on_request]})
+    return openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout_s,
+                         http_client=http_client)
+
+
+def jpeg_payload(image: Image.Image, max_side: int) -> tuple[bytes, tuple[int, int]]:
+    """The JPEG sent to the model (downscaled to `max_side`) and its (width, height)."""
+    image = image.convert("RGB")
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue(), image.size
+
+
+def jpeg_data_url(payload: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(payload).decode("ascii")
 
 
 @dataclass
@@ -91,16 +113,14 @@ class Captioner:
         self.prompt = cfg.prompt.format(trigger=cfg.trigger)
         self._lock = threading.Lock()
         self.requests = self.prompt_tokens = self.completion_tokens = 0
-        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]})
-        self.client = openai.OpenAI(api_key=api_key, base_url=cfg.base_url, max_retries=cfg.max_retries,
-                                    timeout=cfg.timeout_s, http_client=http_client)
+        self.client = openai_client(api_key, cfg.base_url, cfg.max_retries, cfg.timeout_s, self._count_request)
 
     def _count_request(self, request: Any) -> None:
         with self._lock:
             self.requests += 1
 
     def caption(self, job: CaptionJob) -> str:
-        image_url = "data:image/jpeg;base64," + base64.b64encode(job.payload).decode("ascii")
+        image_url = jpeg_data_url(job.payload)
         response = self.client.chat.completions.create(
             model=self.cfg.vision_model,
             max_tokens=self.cfg.max_tokens,
@@ -169,12 +189,8 @@ def job_key(image_bytes: bytes, cfg: CaptionConfig, prompt: str) -> str:
 
 
 def make_job(path: Path, cfg: CaptionConfig, prompt: str) -> CaptionJob:
-    image = load_rgb(path)
-    image.thumbnail((cfg.max_image_side, cfg.max_image_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return CaptionJob(path, path.with_suffix(".txt"), job_key(path.read_bytes(), cfg, prompt), buffer.getvalue(),
-                      image.size)
+    payload, size = jpeg_payload(load_rgb(path), cfg.max_image_side)
+    return CaptionJob(path, path.with_suffix(".txt"), job_key(path.read_bytes(), cfg, prompt), payload, size)
 
 
 def caption_folder(cfg: CaptionConfig, api_key: str | None) -> CaptionReport:
