@@ -78,7 +78,7 @@ def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_reproduces_the_run(uni
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert process.poll() is None, "train.py ended before it could be killed"
+    assert checkpoint.exists() and process.poll() is None, "train.py ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
     assert not (tmp_path / "lora").exists()
