@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shlex
 import signal
 import subprocess
@@ -15,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from aldar_lit.config import ConfigError, LoraConfig, TrainConfig
+from aldar_lit.training.run import check_resume_checkpoint
 from conftest import REPO_ROOT
 
 TINY = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.resolution=32", "lora.rank=2", "lora.alpha=4"]
@@ -170,38 +174,46 @@ def plant_evil_checkpoint(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    ("kind", "message"),
-    [("url", "ckpt_path: must be a local checkpoint file, got the URL 'http://127.0.0.1:9/last.ckpt'"),
-     ("missing", "ckpt_path: no checkpoint file at {path}"),
-     ("evil", "ckpt_path: {path}: refused to load: it holds Python objects other than tensors")],
-)
-def test_unsafe_or_missing_checkpoint_is_refused_before_loading_naming_the_file(tmp_path: Path, kind: str,
-                                                                                message: str) -> None:
-    path = {"url": "http://127.0.0.1:9/last.ckpt", "missing": str(tmp_path / "nowhere.ckpt"),
-            "evil": str(plant_evil_checkpoint(tmp_path / "last.ckpt"))}[kind]
-    result = train(tmp_path / "run", f"ckpt_path={path}", check=False)
+def test_a_checkpoint_that_would_run_code_is_refused_before_loading_naming_it(tmp_path: Path) -> None:
+    planted = plant_evil_checkpoint(tmp_path / "last.ckpt")
+    result = train(tmp_path / "run", f"ckpt_path={planted}", check=False)
     assert result.returncode != 0
-    assert message.format(path=path) in result.stderr
+    assert f"ckpt_path: {planted}: refused to load: it holds Python objects other than tensors" in result.stderr
     assert not (tmp_path / EVIL_MARKER).exists()
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
-def test_checkpoint_of_another_lora_shape_is_named_in_one_sentence(full_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("path", "message"), [
+    ("http://127.0.0.1:9/last.ckpt", "ckpt_path: must be a local checkpoint file, got the URL 'http://127.0.0.1:9/"),
+    ("nowhere/last.ckpt", "ckpt_path: no checkpoint file at nowhere/last.ckpt"),
+])
+def test_ckpt_path_must_be_a_local_file_at_config_time(path: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(ckpt_path=path)
+
+
+def test_checkpoint_of_another_lora_shape_is_named_in_one_sentence(full_run: Path) -> None:
     checkpoint = full_run / "checkpoints" / "last.ckpt"
-    result = train(tmp_path / "run", "lora.rank=4", "lora.unet_targets=[to_q,to_v]", f"ckpt_path={checkpoint}",
-                   check=False)
-    assert result.returncode != 0
-    assert (f"ckpt_path: {checkpoint} holds a LoRA of rank 2 on UNet targets ['to_q', 'to_k', 'to_v', 'to_out.0'] "
-            "and text-encoder targets ['q_proj', 'k_proj', 'v_proj', 'out_proj'], but this run has lora.rank=4, "
-            "lora.unet_targets=['to_q', 'to_v'] and text-encoder targets") in result.stderr
-    assert "size mismatch" not in result.stderr
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    config = TrainConfig(lora=LoraConfig(rank=4, alpha=4.0, unet_targets=["to_q", "to_v"]), ckpt_path=str(checkpoint))
+    with pytest.raises(ConfigError) as refusal:
+        check_resume_checkpoint(config)
+    assert str(refusal.value) == (
+        f"ckpt_path: {checkpoint} holds a LoRA of rank 2 on UNet targets ['to_q', 'to_k', 'to_v', 'to_out.0'] and "
+        "text-encoder targets ['q_proj', 'k_proj', 'v_proj', 'out_proj'], but this run has lora.rank=4, "
+        "lora.unet_targets=['to_q', 'to_v'] and text-encoder targets ['q_proj', 'k_proj', 'v_proj', 'out_proj']: "
+        "set the lora.* options to the checkpoint's")
 
 
 def csv_steps(path: Path) -> set[int]:
     with path.open(newline="") as file:
         return {int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")}
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
@@ -212,10 +224,7 @@ def test_signal_stops_with_a_checkpoint_a_summary_and_the_resume_command(tmp_pat
     process = subprocess.Popen(train_command(run_dir, "trainer.max_steps=500", "checkpoint.every_n_train_steps=2",
                                              "trainer.log_every_n_steps=1"),
                                cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoints" / "step-000002.ckpt").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
-        time.sleep(0.2)
+    wait_for(run_dir / "checkpoints" / "step-000002.ckpt", process)
     process.send_signal(signum)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, output[-3000:]
@@ -241,3 +250,33 @@ def test_signal_stops_with_a_checkpoint_a_summary_and_the_resume_command(tmp_pat
     assert csv_steps(run_dir / "csv" / "metrics.csv") == set(range(stopped_at))
     assert summary["metrics_csv"] == [str(run_dir / "csv" / "version_0" / "metrics.csv")]
     assert csv_steps(Path(summary["metrics_csv"][0])) == {stopped_at, stopped_at + 1}
+
+
+@pytest.mark.slow  # two runs: about a minute
+def test_slurm_requeue_continues_in_the_job_directory(tmp_path: Path) -> None:
+    """Lightning's SLURM auto-requeue with the README's `hydra.run.dir=outputs/train/$SLURM_JOB_ID`: SIGUSR1
+    (`sbatch --signal=SIGUSR1@90`) saves hpc_ckpt_1.ckpt in the run directory and calls `scontrol requeue` (absent
+    here), SLURM then stops the job with SIGTERM, and the requeued job, the same command under the same job id,
+    continues from that checkpoint by itself."""
+    job = {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+           "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": "4243", "SLURM_JOB_NAME": "aldar", "SLURM_PROCID": "0",
+           "SLURM_LOCALID": "0"}
+    run_dir = tmp_path / job["SLURM_JOB_ID"]
+    first = subprocess.Popen(train_command(run_dir, "trainer.max_steps=500", "checkpoint.every_n_train_steps=2"),
+                             cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env={**os.environ, **job})
+    wait_for(run_dir / "checkpoints" / "step-000002.ckpt", first)
+    first.send_signal(signal.SIGUSR1)
+    wait_for(run_dir / "hpc_ckpt_1.ckpt", first)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 128 + signal.SIGTERM, output[-3000:]
+    requeued_at = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)["global_step"]
+
+    again = subprocess.run(train_command(run_dir, f"trainer.max_steps={requeued_at + 2}",
+                                         "checkpoint.every_n_train_steps=2"),
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **job})
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == {"checkpoint": str(run_dir / "hpc_ckpt_1.ckpt"), "step": requeued_at}
+    assert summary["status"] == "completed" and summary["global_step"] == requeued_at + 2

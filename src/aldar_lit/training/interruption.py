@@ -5,6 +5,9 @@ calls every callback's `on_exception`: `InterruptCheckpoint` saves `last.ckpt` t
 holds a completed optimizer step. Ctrl-C is turned into the same request, since a `KeyboardInterrupt` can
 land in the middle of an optimizer update; a second Ctrl-C stops at once (Lightning's KeyboardInterrupt
 path, exit code 1, no checkpoint).
+
+Not Lightning's `OnExceptionCheckpoint`: with one in the callbacks, every `fit` without `ckpt_path` resumes
+from any `last.ckpt` found in the run directory (and warns on each fresh start); here resuming stays explicit.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
+class InterruptCheckpoint(Callback):
     """Saves `<dirpath>/last.ckpt` when training stops on SIGTERM or Ctrl-C; `signal_name` says which."""
 
     def __init__(self, dirpath: str | Path):
-        super().__init__(dirpath, filename="last")
+        self.ckpt_path = Path(dirpath) / "last.ckpt"
         self.signal_name: str | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -47,15 +50,23 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             self.signal_name = self.signal_name or "SIGTERM"
-            super().on_exception(trainer)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Keeps `last.ckpt` (Lightning's `OnExceptionCheckpoint` deletes its file after a clean run)."""
+            trainer.save_checkpoint(self.ckpt_path)
 
     @property
     def exit_code(self) -> int:
         """The shell's convention for a process stopped by a signal: 128 + its number."""
         return 128 + signal.Signals[self.signal_name or "SIGTERM"].value
+
+
+class ResumeRecord(Callback):
+    """Notes the checkpoint a fit resumed from (`ckpt_path`, or the `hpc_ckpt_N.ckpt` a SLURM requeue left in the
+    run directory, which Lightning picks up itself) and its step, before training overwrites e.g. `last.ckpt`."""
+
+    def __init__(self) -> None:
+        self.resumed_from: dict[str, Any] | None = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.resumed_from = {"checkpoint": str(trainer.ckpt_path), "step": int(checkpoint["global_step"])}
 
 
 def resume_command(checkpoint: str | Path, output_dir: str | Path) -> str:
@@ -68,5 +79,5 @@ def resume_command(checkpoint: str | Path, output_dir: str | Path) -> str:
 
 def interrupted_summary(callback: InterruptCheckpoint, output_dir: str | Path) -> dict[str, Any]:
     """The fields `summary.json` gains when a run stops on a signal."""
-    return {"status": "interrupted", "interrupted_by": callback.signal_name, "resume_checkpoint": callback.ckpt_path,
-            "resume_command": resume_command(callback.ckpt_path, output_dir)}
+    return {"status": "interrupted", "interrupted_by": callback.signal_name,
+            "resume_checkpoint": str(callback.ckpt_path), "resume_command": resume_command(callback.ckpt_path, output_dir)}

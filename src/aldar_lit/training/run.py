@@ -33,7 +33,7 @@ from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.redaction import REDACTED, is_secret_key
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
-from aldar_lit.training.interruption import InterruptCheckpoint, interrupted_summary
+from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
 from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.selection import (
     CheckpointError, StepCheckpoint, best_score_checkpoint, check_lora_fits, load_checkpoint_weights, read_checkpoint,
@@ -121,15 +121,12 @@ def csv_version(spec: dict[str, Any]) -> dict[str, Any]:
     return {"version": None} if version is not None and (existing / "metrics.csv").exists() else {}
 
 
-def check_resume_checkpoint(config: TrainConfig) -> int:
-    """Read `ckpt_path` safely and check that its LoRA fits this config, before any model is loaded;
-    return its global step."""
+def check_resume_checkpoint(config: TrainConfig) -> None:
+    """Read `ckpt_path` safely and check that its LoRA fits this config, before any model is loaded."""
     try:
-        checkpoint = read_checkpoint(config.ckpt_path)
-        check_lora_fits(checkpoint, config.lora, config.ckpt_path)
+        check_lora_fits(read_checkpoint(config.ckpt_path), config.lora, config.ckpt_path)
     except CheckpointError as err:
         raise ConfigError(f"ckpt_path: {err}") from err
-    return int(checkpoint["global_step"])
 
 
 def loggable_config(cfg: DictConfig) -> dict[str, Any]:
@@ -198,9 +195,8 @@ def run(cfg: DictConfig) -> float:
     config = to_train_config(cfg)
     check_factories(config)
     output_dir = Path(config.paths.output_dir)
-    resumed_from = None
     if config.ckpt_path:
-        resumed_from = {"checkpoint": config.ckpt_path, "step": check_resume_checkpoint(config)}
+        check_resume_checkpoint(config)
     L.seed_everything(config.seed, workers=True)
 
     datamodule = CaptionedImageDataModule(config.data, seed=config.seed)
@@ -208,9 +204,10 @@ def run(cfg: DictConfig) -> float:
     datamodule.setup("fit")  # validates every image and caption before a model is loaded
     module = SDXLLoRAModule(config.model, config.lora, config.optim, config.objective, seed=config.seed)
     selection = build_selection(config, output_dir, datamodule) if config.validation.enabled else None
-    interruption = InterruptCheckpoint(output_dir / "checkpoints")
-    trainer = build_trainer(config, output_dir, [selection.sampler, selection.best, interruption] if selection
-                            else [interruption])
+    interruption, resume = InterruptCheckpoint(output_dir / "checkpoints"), ResumeRecord()
+    run_callbacks = [interruption, resume]
+    trainer = build_trainer(config, output_dir, [selection.sampler, selection.best, *run_callbacks] if selection
+                            else run_callbacks)
     for logger in trainer.loggers:
         logger.log_hyperparams(loggable_config(cfg))
 
@@ -221,8 +218,8 @@ def run(cfg: DictConfig) -> float:
             trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path, weights_only=True)
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: `interruption` saved a checkpoint at the step's end
         if trainer.is_global_zero:
-            summary = {**make_summary(config, module, trainer, time.perf_counter() - started, {}, resumed_from),
-                       **interrupted_summary(interruption, output_dir)}
+            summary = {**make_summary(config, module, trainer, time.perf_counter() - started, {}),
+                       "resumed_from": resume.resumed_from, **interrupted_summary(interruption, output_dir)}
             write_json(output_dir / "summary.json", summary)
             log.warning("training stopped by %s after step %d; resume with:\n  %s", summary["interrupted_by"],
                         summary["global_step"], summary["resume_command"])
@@ -232,7 +229,8 @@ def run(cfg: DictConfig) -> float:
         return float("nan")  # rank 0 exports, reports and answers the sweeper
 
     adapter_files, selected = export_selected(module, config, selection, output_dir)
-    summary = {**make_summary(config, module, trainer, train_seconds, adapter_files, resumed_from), **selected}
+    summary = {**make_summary(config, module, trainer, train_seconds, adapter_files),
+               "resumed_from": resume.resumed_from, **selected}
     write_json(output_dir / "summary.json", summary)
     log.info("LoRA written to %s", output_dir / "lora")
     log_adapter_artifact(trainer, output_dir / "lora", summary)
@@ -289,12 +287,11 @@ def out_of_memory_advice(config: TrainConfig) -> Iterator[None]:
 
 
 def make_summary(config: TrainConfig, module: SDXLLoRAModule, trainer: L.Trainer, train_seconds: float,
-                 adapter_files: dict[str, Path], resumed_from: dict[str, Any] | None = None) -> dict[str, Any]:
+                 adapter_files: dict[str, Path]) -> dict[str, Any]:
     checkpoints = sorted((Path(config.paths.output_dir) / "checkpoints").glob("*.ckpt"))
     memory, memory_kind = peak_memory()
     return {
         "status": "completed",
-        "resumed_from": resumed_from,
         "metrics_csv": [logger.experiment.metrics_file_path for logger in trainer.loggers
                         if isinstance(logger, CSVLogger)],
         "base_model": resolve_pretrained(config.model),
