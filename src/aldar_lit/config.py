@@ -319,7 +319,7 @@ class TrainConfig:
             # Lightning would fetch a URL and unpickle it with weights_only=False: only local files resume
             require("://" not in self.ckpt_path, "ckpt_path",
                     f"must be a local checkpoint file, got the URL {self.ckpt_path!r}; download it first")
-            require(os.path.isfile(os.path.expanduser(self.ckpt_path)), "ckpt_path",
+            require(os.path.isfile(self.ckpt_path), "ckpt_path",
                     f"no checkpoint file at {self.ckpt_path}")
         require(self.progress_every_n_steps >= 1, "progress_every_n_steps",
                 f"must be a positive integer, got {self.progress_every_n_steps}")
