@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("OPENAI_API_KEY", None)  # no test may reach the real API with a developer's key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

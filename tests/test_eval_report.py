@@ -123,3 +123,51 @@ def test_random_weights_make_no_claim_and_say_so_first(tmp_path):
     assert "**yes**" not in report and "| not claimed |" in report and "Significant under" not in report
     with (tmp_path / "report" / "comparisons.csv").open() as f:
         assert [row["significant"] for row in csv.DictReader(f)] == [""]
+
+
+def test_story_measures_go_through_the_clustered_statistics_into_the_report(tmp_path):
+    """Two storyboards per mode: ref_guided repeats frame 1's face (a copy), baseline changes person; the story
+    measures get clustered intervals, paired sign-flip tests and their lines in 'How to read this'."""
+    from aldar_lit.evaluation.story_metrics import StoryScorers
+    from aldar_lit.evaluation.vlm_judge import judge
+    from aldar_lit.quality.clip_scorer import ClipScorer
+    from aldar_lit.quality.faces import HaarFaceDetector
+
+    cfg = eval_config(tmp_path, "modes=[baseline,ref_guided]", "identity.backends=[]", "stats.num_resamples=500")
+    photo = astronaut()
+    (face,) = HaarFaceDetector().detect(photo)
+    runs = []
+    for seed, size in ((0, 512), (1, 480)):
+        frame1 = photo.resize((size, size))
+        for mode, later in (("baseline", [grace_hopper(), cat()]), ("ref_guided", [frame1, frame1.rotate(5)])):
+            run_dir = tmp_path / mode / f"seed{seed}"
+            write_manifest(run_dir, mode, ["a", "b", "c"], [1, 2, 3], [frame1, *later])
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            manifest["identity_reference"] = {"source": "frame 1", "face": HaarFaceDetector().detect(frame1)[0]
+                                              .to_dict(), "fallback": None}
+            runs.append(StoryboardRun(mode, "story", seed, run_dir, manifest, True))
+    clip = ClipScorer("aldar-tiny-clip", None)
+    story = StoryScorers(HaarFaceDetector(), clip, "tiny", cfg.story_metrics, cfg.adapters.ip_adapter.face_margin)
+    scorers = Scorers(clip, None, {}, story=story)
+    out = tmp_path / "report"
+    out.mkdir()
+    _, judge_report = judge([], cfg.vlm_judge, None)
+    result = write_report(cfg, out, runs, measure(runs, scorers, [photo.transpose(0), photo.resize((400, 400))]),
+                          scorers, ["baseline", "ref_guided"], judge_report)
+    summary = {(r["mode"], r["metric"]): r for r in result["summary"]}
+    for metric in ("copy_paste", "char_cross/clip", "char_self/clip", "style_consistency", "character_count_match",
+                   "crop_from_face"):
+        entry = summary[("ref_guided", metric)]
+        assert entry["storyboards"] == 2 and math.isfinite(entry["ci_low"]), metric
+    assert summary[("ref_guided", "character_count_match")]["mean"] == 1.0
+    assert summary[("baseline", "character_count_match")]["mean"] == pytest.approx(2 / 3)  # the cat has no face
+    assert summary[("ref_guided", "copy_paste")]["mean"] > 0.5
+    comparisons = {(c["metric"], c["treatment"]): c for c in result["comparisons"]}
+    self_sim = comparisons[("char_self/clip", "ref_guided")]
+    assert self_sim["storyboards"] == 2 and self_sim["p_method"] == "exact sign-flip (all 4 patterns)"
+    assert self_sim["mean_diff"] > 0  # one person repeated is more self-similar than three different images
+    report = (out / "report.md").read_text()
+    assert "`copy_paste` is in [0, 1]" in report and "`char_cross/<clip|dino>`" in report
+    assert "- Story measures per mode: character crop from a face: baseline 0.67, ref_guided 1.00;" in report
+    assert "VLM judge (gpt-4o) skipped: OPENAI_API_KEY is not set" in report
+    assert "character crop: largest haar face box" in report

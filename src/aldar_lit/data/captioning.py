@@ -141,21 +141,28 @@ class RejectedCaption(ValueError):
     """A reply that is no usable caption: malformed, empty, cut off, too long or a refusal."""
 
 
-def clean_caption(response: Any, cfg: CaptionConfig) -> str:
-    """The caption text of a chat-completion response, trigger first; `RejectedCaption` saying why there is none."""
+def reply_text(response: Any, max_tokens: int, rejected: type[ValueError] = RejectedCaption,
+               what: str = "caption") -> str:
+    """The text of a chat completion's first choice; `rejected` saying why there is none (malformed, refused in the
+    API's `refusal` field, cut off at `max_tokens`, empty)."""
     try:
         choice = response.choices[0]
         message = choice.message
         text = message.content
     except (AttributeError, IndexError, TypeError) as err:
-        raise RejectedCaption(f"malformed response: no choices[0].message.content ({type(err).__name__})") from err
+        raise rejected(f"malformed response: no choices[0].message.content ({type(err).__name__})") from err
     if getattr(message, "refusal", None):
-        raise RejectedCaption(f"the model refused: {message.refusal}")
+        raise rejected(f"the model refused: {message.refusal}")
     if getattr(choice, "finish_reason", None) == "length":
-        raise RejectedCaption(f"cut off at max_tokens={cfg.max_tokens} (finish_reason 'length')")
+        raise rejected(f"cut off at max_tokens={max_tokens} (finish_reason 'length')")
     if not isinstance(text, str) or not text.strip():
-        raise RejectedCaption(f"empty or non-text caption ({text!r:.80})")
-    text = text.strip().strip('"')
+        raise rejected(f"empty or non-text {what} ({text!r:.80})")
+    return text
+
+
+def clean_caption(response: Any, cfg: CaptionConfig) -> str:
+    """The caption text of a chat-completion response, trigger first; `RejectedCaption` saying why there is none."""
+    text = reply_text(response, cfg.max_tokens).strip().strip('"')
     if REFUSAL.search(text):
         raise RejectedCaption(f"the model refused: {text!r:.120}")
     if len(text) > cfg.max_caption_chars:

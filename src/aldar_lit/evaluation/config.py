@@ -17,6 +17,7 @@ from aldar_lit.pipelines.config import (MODES, AdaptersConfig, GenerationConfig,
 from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 
 IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
+ASPECTS = ("scene", "character_action", "camera")  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
 
 
 @dataclass
@@ -86,6 +87,68 @@ class WandbConfig:
 
 
 @dataclass
+class StoryMetricsConfig:
+    """Story-visualisation measures (evaluation/story_metrics.py): the character crop, character count, style."""
+
+    # character crop = the largest face box (qa.detectors' face detector) grown to the body: heads_wide face widths
+    # wide, from half a face above the face to heads_tall face heights below its top; the whole frame without a face
+    heads_wide: float = 3.0
+    heads_tall: float = 6.0
+    expected_characters: int = 1  # faces a frame should hold (character_count_match)
+    # ViStoryBench's copy-paste temperature (softmax of the two similarities / T; vistorybench cids_evaluator.py)
+    copy_paste_temperature: float = 0.01
+    # style embedding for style_consistency: an open_clip architecture + weights (a tag or a local checkpoint file);
+    # null: the scorer's CLIP (scorer.clip_model / scorer.clip_pretrained)
+    style_model: Optional[str] = None
+    style_pretrained: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        require(self.heads_wide >= 1 and self.heads_tall >= 1, "story_metrics.heads_wide/heads_tall",
+                f"must be >= 1 face size, got {self.heads_wide} / {self.heads_tall}")
+        require(self.expected_characters >= 0, "story_metrics.expected_characters",
+                f"must be >= 0, got {self.expected_characters}")
+        require(self.copy_paste_temperature > 0, "story_metrics.copy_paste_temperature",
+                f"must be positive, got {self.copy_paste_temperature}")
+        require(self.style_pretrained is None or self.style_model is not None, "story_metrics.style_pretrained",
+                "needs story_metrics.style_model")
+
+
+@dataclass
+class VlmJudgeConfig:
+    """Prompt alignment judged by a vision-language model (evaluation/vlm_judge.py) on ViStoryBench's 0-4 scale.
+
+    Runs when OPENAI_API_KEY is set and `enabled` is true; without the key it is skipped with one log line and a
+    note in report.md."""
+
+    enabled: bool = True
+    vision_model: str = "gpt-4o"
+    base_url: Optional[str] = None  # an OpenAI-compatible server; None: api.openai.com
+    aspects: list[str] = field(default_factory=lambda: ["scene", "character_action", "camera"])
+    image_detail: str = "low"
+    max_image_side: int = 1024
+    max_tokens: int = 300  # the analysis and the score line
+    temperature: float = 0.0
+    concurrency: int = 4
+    max_retries: int = 5  # the openai client's own retries with exponential backoff (429, 5xx, timeouts)
+    timeout_s: float = 60.0
+    cache_dir: str = "~/.cache/aldar_lit/vlm_judge"
+    usd_per_million_input_tokens: float = 2.50  # gpt-4o list prices; set these for other models
+    usd_per_million_output_tokens: float = 10.00
+
+    def __post_init__(self) -> None:
+        require(bool(self.vision_model), "vlm_judge.vision_model", "must name a model")
+        for aspect in self.aspects:
+            require(aspect in ASPECTS, "vlm_judge.aspects", f"unknown aspect {aspect!r}; known: {list(ASPECTS)}")
+        require(self.image_detail in ("low", "high", "auto"), "vlm_judge.image_detail",
+                f"must be low, high or auto, got {self.image_detail!r}")
+        require(self.max_image_side >= 64, "vlm_judge.max_image_side", f"must be >= 64, got {self.max_image_side}")
+        require(self.max_tokens > 0, "vlm_judge.max_tokens", f"must be positive, got {self.max_tokens}")
+        require(self.concurrency >= 1, "vlm_judge.concurrency", f"must be >= 1, got {self.concurrency}")
+        require(self.max_retries >= 0, "vlm_judge.max_retries", f"must be >= 0, got {self.max_retries}")
+        require(self.timeout_s > 0, "vlm_judge.timeout_s", f"must be positive, got {self.timeout_s}")
+
+
+@dataclass
 class EvalConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSourceConfig = field(default_factory=LoraSourceConfig)
@@ -97,6 +160,8 @@ class EvalConfig:
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    story_metrics: StoryMetricsConfig = field(default_factory=StoryMetricsConfig)
+    vlm_judge: VlmJudgeConfig = field(default_factory=VlmJudgeConfig)
     reference_images: Optional[str] = None  # the character's training images (CLIP-I, DINO, identity to training set)
     max_reference_images: int = 32
     frames_from: list[str] = field(default_factory=list)  # infer.py run dirs to reuse instead of generating

@@ -20,11 +20,13 @@ from aldar_lit.data.dataset import load_rgb
 from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.statistics import Estimate, cluster_mean, cluster_totals, paired_difference
+from aldar_lit.evaluation.story_metrics import StoryScorers, reference_views, storyboard_measures
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
                                             FaceModelUnavailable, IdentityFace, InsightFaceEmbedder,
                                             VerificationRule, main_face)
+from aldar_lit.quality.faces import build_face_detector
 from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,24 @@ DEFINITIONS = {
                          "images' faces by that rule, 0 when not or when the frame has no face",
     "story_consistency": "per storyboard: mean pairwise cosine between the faces of its frames (those detected)",
     "story_consistency_sd": "per storyboard: standard deviation of those pairwise cosines",
+    "crop_from_face": "1 when the frame's character crop is its largest face box grown to the body (story_metrics "
+                      "heads_wide x heads_tall face sizes), 0 when it is the whole frame (no face found)",
+    "char_cross": "ViStoryBench CIDS cross-similarity: mean cosine of the frame's character crop to the training "
+                  "images' character crops (CLIP or DINO; the face-only versions are id_to_train/<backend>)",
+    "char_self": "ViStoryBench CIDS self-similarity, per storyboard: mean cosine over every pair of its frames' character "
+                 "crops (the face-only version is story_consistency/<backend>)",
+    "copy_paste": "ViStoryBench copy-paste degree, frames 2..N with a face: softmax([s_ref, s_other] / 0.01)[0], s_ref the "
+                  "CLIP cosine of the frame's face crop to the exact crop the storyboard anchors on (frame 1's face, as "
+                  "the IP-Adapter saw it), s_other its mean cosine to the training images' face crops; 0.5 = equally "
+                  "close, near 1 = copies the reference. In simple/baseline the same crop is the control",
+    "character_count_match": "1 when the number of faces found (qa.detectors' face detector) equals the characters "
+                             "the scene asks for (story_metrics.expected_characters, default 1), else 0",
+    "style_consistency": "per storyboard: mean pairwise cosine of whole-frame style embeddings (the scorer's CLIP "
+                         "unless story_metrics.style_model names another, e.g. a CSD-style checkpoint)",
+    "vlm_scene": "prompt alignment of the setting judged by a vision-language model, ViStoryBench's 0-4 scale x 25 "
+                 "(0-100); failures (malformed or out-of-range answers) have no value",
+    "vlm_character_action": "the same for the character's action and pose (0-100)",
+    "vlm_camera": "the same for the shot size and camera angle the prompt asks for (0-100)",
     "anomaly": "1 when the kept attempt had a face/pose anomaly in QA (no/several faces, bad pose, small, cut off)",
     "qa_attempts": "generation attempts spent on the frame (QA retries + 1)",
     "seconds": "wall seconds for the frame, all attempts and QA included",
@@ -63,6 +83,7 @@ class Scorers:
     dino: Optional[DinoScorer]
     identity: dict[str, FaceIdentityEmbedder]
     unavailable: dict[str, str] = field(default_factory=dict)  # backend -> why it did not load
+    story: Optional[StoryScorers] = None  # the story-visualisation measures; None: not measured
 
     def versions(self, cfg: EvalConfig) -> dict[str, str]:
         """What produced each number, for the report."""
@@ -73,6 +94,8 @@ class Scorers:
         versions.update({f"identity/{name}": f"{e.version}; same person when {e.verification.describe()}"
                          for name, e in self.identity.items()})
         versions.update({f"identity/{name}": f"UNAVAILABLE: {why}" for name, why in self.unavailable.items()})
+        if self.story is not None:
+            versions.update(self.story.versions())
         return versions
 
 
@@ -106,7 +129,22 @@ def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentity
     dino = None
     if sc.dino is not None:
         dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
-    return Scorers(clip, dino, identity, unavailable)
+    return Scorers(clip, dino, identity, unavailable, build_story_scorers(cfg, device, clip))
+
+
+def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> StoryScorers:
+    """The face detector frame QA uses (it finds the character) and the style embedder (the scorer's CLIP unless
+    story_metrics.style_model names another open_clip model)."""
+    sm = cfg.story_metrics
+    if sm.style_model is None:
+        style, style_name = clip, f"the scorer's CLIP ({cfg.scorer.clip_model})"
+    else:
+        style = ClipScorer(sm.style_model, sm.style_pretrained, device, cfg.scorer.seed)
+        style_name = f"open_clip {sm.style_model} / {sm.style_pretrained or 'random weights'}"
+    reference = cfg.adapters.reference_image
+    return StoryScorers(build_face_detector(cfg.qa.detectors), style, style_name, sm,
+                        cfg.adapters.ip_adapter.face_margin,
+                        None if reference is None else load_rgb(Path(reference).expanduser()))
 
 
 def load_reference_images(root: Optional[str], limit: int) -> list[Image.Image]:
@@ -142,7 +180,7 @@ def frames_of(run: StoryboardRun) -> list[Frame]:
     return frames
 
 
-def _row(run: StoryboardRun, frame: int, prompt: str, metric: str, value: Optional[float]) -> dict[str, Any]:
+def measurement_row(run: StoryboardRun, frame: int, prompt: str, metric: str, value: Optional[float]) -> dict[str, Any]:
     return {"mode": run.mode, "story": run.story, "seed": run.seed, "frame": frame, "prompt": prompt,
             "metric": metric, "value": np.nan if value is None else float(value)}
 
@@ -174,6 +212,8 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
     for name, faces in ref_faces.items():
         if references and not faces:
             log.warning("identity %s: no face found in any reference image; id_to_train is NaN", name)
+    story = scorers.story
+    ref_views = reference_views(references, story, scorers.clip, scorers.dino) if story is not None else None
     for run in runs:
         frames = frames_of(run)
         images = [f.image for f in frames]
@@ -183,14 +223,14 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
         dino_i = ([None] * len(frames) if ref_dino is None
                   else (scorers.dino.embed_images(images) @ ref_dino.T).mean(1).tolist())
         for frame, t, i, d in zip(frames, clip_t, clip_i, dino_i):
-            rows += [_row(run, frame.index, frame.prompt, "clip_t", t)]
+            rows += [measurement_row(run, frame.index, frame.prompt, "clip_t", t)]
             if ref_clip is not None:
-                rows.append(_row(run, frame.index, frame.prompt, "clip_i", i))
+                rows.append(measurement_row(run, frame.index, frame.prompt, "clip_i", i))
             if ref_dino is not None:
-                rows.append(_row(run, frame.index, frame.prompt, "dino", d))
-            rows += [_row(run, frame.index, frame.prompt, "anomaly", frame.anomaly),
-                     _row(run, frame.index, frame.prompt, "qa_attempts", frame.attempts),
-                     _row(run, frame.index, frame.prompt, "seconds", frame.seconds)]
+                rows.append(measurement_row(run, frame.index, frame.prompt, "dino", d))
+            rows += [measurement_row(run, frame.index, frame.prompt, "anomaly", frame.anomaly),
+                     measurement_row(run, frame.index, frame.prompt, "qa_attempts", frame.attempts),
+                     measurement_row(run, frame.index, frame.prompt, "seconds", frame.seconds)]
         for name, embedder in scorers.identity.items():
             faces = [main_face(embedder.embed(f.image)) for f in frames]
             embeds = [None if face is None else face.embedding for face in faces]
@@ -201,21 +241,26 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
                 to_first = None if (face is None or first_face is None or frame.index == 1) else float(
                     emb @ first_face.embedding)
                 to_train = None if (emb is None or train is None) else float((train @ emb).mean())
-                rows += [_row(run, frame.index, frame.prompt, f"face_detected/{name}", face is not None),
-                         _row(run, frame.index, frame.prompt, f"id_to_frame1/{name}", to_first),
-                         _row(run, frame.index, frame.prompt, f"id_to_train/{name}", to_train),
-                         _row(run, frame.index, frame.prompt, f"verified_to_frame1/{name}",
+                rows += [measurement_row(run, frame.index, frame.prompt, f"face_detected/{name}", face is not None),
+                         measurement_row(run, frame.index, frame.prompt, f"id_to_frame1/{name}", to_first),
+                         measurement_row(run, frame.index, frame.prompt, f"id_to_train/{name}", to_train),
+                         measurement_row(run, frame.index, frame.prompt, f"verified_to_frame1/{name}",
                               None if frame.index == 1 else verified(embedder.verification, face, [first_face])),
-                         _row(run, frame.index, frame.prompt, f"verified_to_train/{name}",
+                         measurement_row(run, frame.index, frame.prompt, f"verified_to_train/{name}",
                               verified(embedder.verification, face, ref_faces[name]) if ref_faces[name] else None)]
             matrix = pairwise_matrix(embeds)
             heatmaps[(run.mode, run.story, run.seed, name)] = matrix
             pairs = matrix[np.triu_indices(len(frames), k=1)]
             pairs = pairs[np.isfinite(pairs)]
-            rows += [_row(run, 0, "", f"story_consistency/{name}", pairs.mean() if len(pairs) else None),
-                     _row(run, 0, "", f"story_consistency_sd/{name}", pairs.std() if len(pairs) else None)]
+            rows += [measurement_row(run, 0, "", f"story_consistency/{name}", pairs.mean() if len(pairs) else None),
+                     measurement_row(run, 0, "", f"story_consistency_sd/{name}", pairs.std() if len(pairs) else None)]
+        if story is not None:
+            prompts = {f.index: f.prompt for f in frames}
+            rows += [measurement_row(run, index, prompts.get(index, ""), metric, value) for index, metric, value in
+                     storyboard_measures([f.index for f in frames], images, run.manifest, story, scorers.clip,
+                                         scorers.dino, ref_views)]
         peak = (run.manifest.get("timings") or {}).get("peak_memory_bytes")
-        rows.append(_row(run, 0, "", "peak_memory_gb", None if peak is None else peak / 1e9))
+        rows.append(measurement_row(run, 0, "", "peak_memory_gb", None if peak is None else peak / 1e9))
     return Measurements(rows, heatmaps)
 
 

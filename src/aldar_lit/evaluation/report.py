@@ -80,7 +80,38 @@ def how_to_read(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]]
                 rates.append(f"{label}: " + ", ".join(shown))
         lines.append(f"- Identity rates (`{backend}`; a frame without a face counts as not verified): "
                      + "; ".join(rates) + ".")
-    return lines + [""]
+    return lines + story_reading(summary) + [""]
+
+
+STORY_SCALES = {
+    "char_cross": "`char_cross/<clip|dino>` and `char_self/<clip|dino>` (ViStoryBench's character cross- and "
+                  "self-similarity) are cosines in [-1, 1] on the character crop, not the whole frame; the nearest "
+                  "published scale is DreamBench's whole-image CLIP-I ~0.80 / DINO ~0.67 above; ViStoryBench's own "
+                  "values use other encoders and crops, so no published reference value applies",
+    "copy_paste": "`copy_paste` is in [0, 1]: 0.5 means a frame's face is as close to the anchor it was conditioned on "
+                  "(frame 1's face) as to the character's training images, near 1 that the IP-Adapter copies the "
+                  "anchor; compare ref_guided with simple (same anchor, no conditioning); no published reference value",
+    "style_consistency": "`style_consistency` is a cosine in [-1, 1] between whole frames' style embeddings, per "
+                         "storyboard; no published reference value for this embedding",
+    "vlm_scene": "`vlm_scene`, `vlm_character_action`, `vlm_camera` are a vision-language model's 0-4 judgement x 25 "
+                 "(0-100); a failed judgement has no value; no published reference value for this suite",
+}
+
+
+def story_reading(summary: list[dict[str, Any]]) -> list[str]:
+    """Scales of the story-visualisation measures present, and their per-mode rates."""
+    present = {base_metric(r["metric"]) for r in summary}
+    lines = [f"- {text}." for key, text in STORY_SCALES.items() if key in present]
+    rates = []
+    for metric, label in (("crop_from_face", "character crop from a face"),
+                          ("character_count_match", "expected number of characters"),
+                          ("copy_paste", "copy-paste degree")):
+        shown = [f"{r['mode']} {fmt(r['mean'], 2)}" for r in summary if r["metric"] == metric]
+        if shown:
+            rates.append(f"{label}: " + ", ".join(shown))
+    if rates:
+        lines.append("- Story measures per mode: " + "; ".join(rates) + ".")
+    return lines
 
 
 def significance(comparison: dict[str, Any]) -> str:

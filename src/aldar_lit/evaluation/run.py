@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
 from aldar_lit.atomic_write import write_json, write_text
+from aldar_lit.data.captioning import API_KEY_ENV
 from aldar_lit.evaluation import report
 from aldar_lit.evaluation.config import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
 from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_identity_embedders, build_scorers, compare,
-                                          frames_of, load_reference_images, measure, summarise)
+                                          frames_of, load_reference_images, measure, measurement_row, summarise)
+from aldar_lit.evaluation.vlm_judge import JudgeItem, JudgeReport, judge
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
@@ -27,8 +30,18 @@ log = logging.getLogger(__name__)
 SWEEP_METRICS = ("clip_t", "clip_i", "dino")
 
 
+def judge_storyboards(cfg: EvalConfig, runs) -> tuple[list[dict[str, Any]], JudgeReport]:
+    """vlm_<aspect> rows (0-100, NaN for a failed judgement) for every frame, or none when the judge is off."""
+    frames = [f for run in runs for f in frames_of(run)]
+    items = [JudgeItem((f.run.mode, f.run.story, f.run.seed, f.index), f.image, f.prompt) for f in frames]
+    scores, report = judge(items, cfg.vlm_judge, os.environ.get(API_KEY_ENV))
+    rows = [measurement_row(f.run, f.index, f.prompt, f"vlm_{aspect}", scores[(item.key, aspect)])
+            for f, item in zip(frames, items) for aspect in cfg.vlm_judge.aspects if (item.key, aspect) in scores]
+    return rows, report
+
+
 def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurements, scorers: Scorers,
-                 modes: list[str]) -> dict[str, Any]:
+                 modes: list[str], judge_report: Optional[JudgeReport] = None) -> dict[str, Any]:
     st = cfg.stats
     summary = summarise(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
     comparisons = compare(measurements.rows, modes, st.num_resamples, st.confidence, st.seed)
@@ -39,6 +52,8 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
     write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
     write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
     notes = [f"identity backend `{name}` did not run: {why}" for name, why in scorers.unavailable.items()]
+    if judge_report is not None:
+        notes.append(judge_report.summary())
     if cfg.reference_images is None:
         notes.append("no reference_images: CLIP-I, DINO and id_to_train were not computed")
     if "ref_guided" in modes and "simple" in modes:
@@ -92,7 +107,11 @@ def evaluate(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     identity = build_identity_embedders(cfg.identity, device)  # a missing or corrupt face model shows before any frame
     runs = collect_storyboards(cfg, out_dir, cfg.lora.path, cfg.modes)
     scorers = build_scorers(cfg, device, *identity)
-    result = write_report(cfg, out_dir, runs, measure(runs, scorers, references), scorers, cfg.modes)
+    measurements = measure(runs, scorers, references)
+    judged, judge_report = judge_storyboards(cfg, runs)
+    measurements.rows.extend(judged)
+    write_json(out_dir / "vlm_judge.json", judge_report.as_dict())
+    result = write_report(cfg, out_dir, runs, measurements, scorers, cfg.modes, judge_report)
     write_json(out_dir / "evaluation.json", {"summary": result["summary"],
                                                    "comparisons": result["comparisons"]})
     return result
