@@ -13,7 +13,8 @@ TINY_GENERATION = ["generation.width=64", "generation.height=64", "generation.st
 
 
 def export_random_lora(model_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4) -> Path:
-    """A LoRA made by the training core's own attach/export code on the tiny model, lora_B random (non-zero)."""
+    """A LoRA made by the training core's own attach/export code on the tiny model, lora_B random (non-zero); the
+    same for a given seed, whatever ran before (peft initialises lora_A from the global RNG)."""
     from aldar_lit.config import LoraConfig, ModelConfig
     from aldar_lit.models.export import export_lora
     from aldar_lit.models.loading import load_sdxl
@@ -21,8 +22,10 @@ def export_random_lora(model_dir: Path, out_dir: Path, seed: int = 0, rank: int 
 
     components = load_sdxl(ModelConfig(name="tiny", pretrained=str(model_dir), random_init="tiny"))
     cfg = LoraConfig(rank=rank, alpha=float(rank))
-    trained = attach_lora({"unet": components.unet, "text_encoder": components.text_encoder,
-                           "text_encoder_2": components.text_encoder_2}, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trained = attach_lora({"unet": components.unet, "text_encoder": components.text_encoder,
+                               "text_encoder_2": components.text_encoder_2}, cfg)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for model in trained.values():
