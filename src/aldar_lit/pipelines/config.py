@@ -191,6 +191,29 @@ class LoraSourceConfig:
         require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")
 
 
+SHARED_BLOCKS = ("down", "mid", "up")
+
+
+@dataclass
+class ConsistencyConfig:
+    """Consistent self-attention (StoryDiffusion): frames attend to tokens of an anchor group of frames."""
+
+    shared_attention: bool = False
+    sample_rate: float = 0.5  # share of each anchor frame's tokens added to the others' keys/values
+    layers: list[str] = field(default_factory=lambda: ["up"])  # UNet blocks whose self-attention shares
+    step_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) fraction of denoising steps
+    group_size: int = 3  # anchor frames (the first ones), denoised together as one batch
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.sample_rate <= 1.0, "consistency.sample_rate",
+                 f"must be in [0, 1], got {self.sample_rate}")
+        require(bool(self.layers) and set(self.layers) <= set(SHARED_BLOCKS), "consistency.layers",
+                 f"must be a non-empty list of {SHARED_BLOCKS}, got {list(self.layers)}")
+        require(len(self.step_range) == 2 and 0.0 <= self.step_range[0] < self.step_range[1] <= 1.0,
+                 "consistency.step_range", f"must be [start, end] with 0 <= start < end <= 1, got {list(self.step_range)}")
+        require(self.group_size >= 1, "consistency.group_size", f"must be >= 1, got {self.group_size}")
+
+
 @dataclass
 class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -200,6 +223,7 @@ class InferConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     progress: bool = True
 

@@ -25,6 +25,7 @@ from aldar_lit.models.loading import load_sdxl, resolve_pretrained, torch_dtype
 from aldar_lit.models.random_init import spec_dir
 from aldar_lit.pipelines.config import AdaptersConfig, LoraSourceConfig
 from aldar_lit.pipelines.lora_fit import LoraFit, lora_fit
+from aldar_lit.pipelines.shared_attention import SharedFrame, SharedTokens
 from aldar_lit.pipelines.tiny_adapters import materialise_tiny_controlnet, materialise_tiny_ip_adapter
 from aldar_lit.quality.policy import Settings
 
@@ -242,22 +243,44 @@ class StoryboardGenerator:
         pipe.set_progress_bar_config(disable=not self.progress, leave=False)
         self.guided = pipe
 
+    def _call_kwargs(self, prompt: str | list[str], negative_prompt: str, settings: Settings | list[Settings],
+                     width: int, height: int, steps: int) -> dict[str, Any]:
+        """Pipeline arguments; CPU generators seeded with each frame's seed make frames reproducible on any device."""
+        batch = settings if isinstance(settings, list) else [settings]
+        generators = [torch.Generator("cpu").manual_seed(s.seed) for s in batch]
+        return dict(prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
+                    num_inference_steps=steps, guidance_scale=batch[0].guidance_scale,
+                    generator=generators if isinstance(settings, list) else generators[0],
+                    cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None,
+                    callback_on_step_end=latents_in_vae_dtype)
+
     def generate(self, prompt: str, negative_prompt: str, settings: Settings, width: int, height: int, steps: int,
-                 guidance: Optional[RefGuidance] = None) -> Image.Image:
-        """One frame; a CPU generator seeded with `settings.seed` makes it reproducible on any device."""
-        common = dict(prompt=prompt, negative_prompt=negative_prompt or None, width=width, height=height,
-                      num_inference_steps=steps, guidance_scale=settings.guidance_scale,
-                      generator=torch.Generator("cpu").manual_seed(settings.seed),
-                      cross_attention_kwargs={"scale": self.lora_scale} if self.lora is not None else None,
-                      callback_on_step_end=latents_in_vae_dtype)
+                 guidance: Optional[RefGuidance] = None, shared: Optional[SharedFrame] = None) -> Image.Image:
+        """One frame (with `shared`, its self-attention also sees the storyboard's kept anchor tokens)."""
+        common = self._call_kwargs(prompt, negative_prompt, settings, width, height, steps)
         with torch.inference_mode():
-            if guidance is None:
-                bypass = ip_adapter_bypassed(self.base.unet) if self.guided is not None else contextlib.nullcontext()
-                with bypass:
-                    return self.base(**common).images[0]
-            self.enable_reference_guidance()
-            return self.guided(**common, image=guidance.pose, ip_adapter_image=guidance.reference,
-                               controlnet_conditioning_scale=self.adapters.controlnet.conditioning_scale).images[0]
+            if guidance is not None:
+                self.enable_reference_guidance()  # before sharing is installed: loading replaces every processor
+            sharing = shared.installed(self.base.unet) if shared is not None else contextlib.nullcontext()
+            with sharing:
+                if guidance is None:
+                    with self._unguided():
+                        return self.base(**common).images[0]
+                return self.guided(**common, image=guidance.pose, ip_adapter_image=guidance.reference,
+                                   controlnet_conditioning_scale=self.adapters.controlnet.conditioning_scale).images[0]
+
+    def record_shared_tokens(self, tokens: SharedTokens, prompts: list[str], negative_prompt: str,
+                             settings: list[Settings], width: int, height: int, steps: int) -> None:
+        """Denoise the anchor frames as one batch (SDXL + LoRA, one CFG scale: the first frame's), keeping their
+        shared self-attention tokens; the latents are dropped (each frame is then generated on its own)."""
+        common = self._call_kwargs(prompts, negative_prompt, settings, width, height, steps)
+        common.pop("callback_on_step_end")
+        with torch.inference_mode(), tokens.recording(self.base.unet), self._unguided():
+            self.base(**common, output_type="latent")
+
+    def _unguided(self) -> contextlib.AbstractContextManager:
+        """The base pipeline's UNet without the IP-Adapter (once loaded, it would demand image embeddings)."""
+        return ip_adapter_bypassed(self.base.unet) if self.guided is not None else contextlib.nullcontext()
 
     def active_adapters(self, guided: bool) -> dict[str, Any]:
         """What conditioned a frame, for the manifest."""

@@ -43,7 +43,16 @@ def write_contact_sheet(path: Path, images: Sequence[Image.Image], captions: Seq
     write_png(path, contact_sheet(images, captions))
 
 
-def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> str:
+def consistency_line(consistency: dict[str, Any]) -> str:
+    """The shared-attention settings in one line (or that it was off)."""
+    if not consistency.get("shared_attention"):
+        return "shared attention: off"
+    shown = ("sample_rate", "layers", "step_range", "group_size", "anchor_frames")
+    return "shared attention: " + " · ".join(f"{key} {consistency[key]}" for key in shown if key in consistency)
+
+
+def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image],
+                    consistency: dict[str, Any]) -> str:
     """One page, no external files: each frame inlined as a data URI next to its prompt, settings and QA."""
     cards = []
     for frame, image in zip(frames, images):
@@ -65,9 +74,11 @@ def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequen
              "figure{width:300px;margin:0}img{width:300px;height:auto;image-rendering:pixelated}"
              "p{margin:.2em 0;font-size:.85em}.warn{color:#b00}")
     return (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1><main>{''.join(cards)}</main>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>{html.escape(consistency_line(consistency))}</p><main>{''.join(cards)}</main>"
             "</body></html>")
 
 
-def write_html(path: Path, title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image]) -> None:
-    write_text(path, storyboard_html(title, frames, images))
+def write_html(path: Path, title: str, frames: Sequence[dict[str, Any]], images: Sequence[Image.Image],
+               consistency: dict[str, Any]) -> None:
+    write_text(path, storyboard_html(title, frames, images, consistency))

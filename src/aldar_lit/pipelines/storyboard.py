@@ -27,6 +27,7 @@ from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, ada
                                            resolve_device)
 from aldar_lit.pipelines.outputs import write_contact_sheet, write_frame, write_html
 from aldar_lit.pipelines.poses import get_pose, render_openpose
+from aldar_lit.pipelines.shared_attention import SharedFrame, SharedTokens
 from aldar_lit.pipelines.stop_signals import Interrupted, stop_on_signals
 from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
@@ -102,6 +103,7 @@ class StoryboardRecord:
                    "prompt_threshold": config.qa.prompt_threshold, "identity_threshold": config.qa.identity_threshold,
                    "clip_model": f"{config.qa.clip.model_name}/{config.qa.clip.pretrained}",
                    "face_backend": config.qa.detectors.face_backend, "pose_backend": config.qa.detectors.pose_backend},
+            "consistency": {"shared_attention": config.consistency.shared_attention},
             "warnings": [],
             "frames": [],
             "timings": {},
@@ -137,7 +139,8 @@ class StoryboardRecord:
         if self.images:
             frames = self.manifest["frames"]
             write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames])
-            write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images)
+            write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images,
+                       self.manifest["consistency"])
 
     def finish(self) -> None:
         self.write_sheets()
@@ -170,6 +173,18 @@ class Storyboard:
         self.record = record
         self.ip_reference: Optional[Image.Image] = None  # what the IP-Adapter sees (a face crop)
         self.identity_reference: Optional[Image.Image] = None  # what QA compares faces with
+        self.shared: Optional[SharedTokens] = None  # the anchor group's kept tokens (consistency.shared_attention)
+
+    def keep_shared_tokens(self, plans: list[FramePlan]) -> None:
+        """Denoise the anchor group (the first `consistency.group_size` frames) together and keep its shared tokens."""
+        gen, started = self.config.generation, time.perf_counter()
+        anchors = plans[:self.config.consistency.group_size]
+        self.shared = SharedTokens(self.config.consistency, [p.settings.seed for p in anchors], gen.steps)
+        self.generator.record_shared_tokens(self.shared, [p.prompt for p in anchors], gen.negative_prompt,
+                                            [p.settings for p in anchors], gen.width, gen.height, gen.steps)
+        self.record.manifest["consistency"] = {**self.shared.describe(),
+                                               "seconds": round(time.perf_counter() - started, 4)}
+        self.record.save()
 
     def set_reference(self, image: Image.Image, source: str, frame: Optional[dict[str, Any]] = None) -> None:
         """Crop the face of the identity anchor; without a face, fall back to the whole image (with a warning)."""
@@ -210,13 +225,14 @@ class Storyboard:
             "attempts": [], "warnings": [],
         }
         max_attempts = qa_cfg.max_attempts if self.qa is not None else 1
+        shared = SharedFrame(self.shared, plan.index - 1) if self.shared is not None else None  # same for retries
         settings, fix_reason = plan.settings, None
         images, reports = [], []
         for attempt in tqdm(range(max_attempts), desc=f"frame {plan.index} attempts", leave=False,
                             disable=not self.config.progress):
             t0 = time.perf_counter()
             image = self.generator.generate(plan.prompt, gen.negative_prompt, settings, gen.width, gen.height,
-                                            gen.steps, guidance)
+                                            gen.steps, guidance, shared)
             t1 = time.perf_counter()
             report: Optional[QAReport] = None
             if self.qa is not None:
@@ -289,6 +305,8 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
         if config.mode == "ref_guided" and config.adapters.reference_image is not None:
             storyboard.set_reference(load_rgb(Path(config.adapters.reference_image).expanduser()),
                                      f"adapters.reference_image {config.adapters.reference_image!r}")
+        if config.consistency.shared_attention:
+            storyboard.keep_shared_tokens(plans)
         for plan in tqdm(plans, desc="frames", disable=not config.progress):
             storyboard.make_frame(plan)
         timings = record.manifest["timings"]

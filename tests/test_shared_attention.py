@@ -1,0 +1,188 @@
+"""Consistent self-attention on the tiny model: the option off or with nothing to share changes no pixel, on it
+changes frames, the UNet is handed back as it was (LoRA, IP-Adapter and ControlNet loaded), and the shared
+context is a function of the storyboard's seeds, the same for every attempt at a frame."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aldar_lit.config import ConfigError
+from aldar_lit.pipelines.config import to_infer_config
+from aldar_lit.pipelines.shared_attention import SELF_ATTENTION, SharedFrame, SharedTokens
+from aldar_lit.pipelines.storyboard import load_models, plan_frames, render_storyboard
+from aldar_lit.pipelines.story import load_story
+from aldar_lit.quality.policy import Settings
+
+from fixtures_storyboard import TINY_GENERATION, compose_infer, tiny_lora_dir, write_story  # noqa: F401
+
+THREE_SCENES = [{"text": "aldar_kose_man smiling in front of a yurt"},
+                {"text": "aldar_kose_man walking across the steppe", "pose": "walking"},
+                {"text": "aldar_kose_man riding a horse", "pose": "riding"}]
+SHARED = ["consistency.shared_attention=true", "consistency.group_size=2", "consistency.layers=[down,mid,up]"]
+
+
+@pytest.fixture(scope="module")
+def three_scene_story(tmp_path_factory) -> Path:
+    return write_story(tmp_path_factory.mktemp("story") / "three.yaml", THREE_SCENES)
+
+
+def infer_config(story: Path, out_dir: Path, *overrides: str):
+    return to_infer_config(compose_infer(["model=tiny", "adapters=tiny", "qa=off", f"story.file={story}",
+                                          f"paths.output_dir={out_dir}", *TINY_GENERATION, *overrides]))
+
+
+def render(config, out_dir: Path, models=None) -> tuple[dict, list[np.ndarray]]:
+    manifest = render_storyboard(config, out_dir, models)
+    return manifest, [np.asarray(Image.open(out_dir / f["file"]), dtype=np.int16) for f in manifest["frames"]]
+
+
+def processors(unet: torch.nn.Module) -> dict[str, int]:
+    return {name: id(p) for name, p in unet.attn_processors.items()}
+
+
+@pytest.fixture(scope="module")
+def simple_runs(tiny_model_dir, tiny_lora_dir, three_scene_story, tmp_path_factory):
+    """simple mode + LoRA: a fresh plain run, then shared variants and a plain run from one loaded model set."""
+    root = tmp_path_factory.mktemp("shared_simple")
+    common = ["mode=simple", f"lora.path={tiny_lora_dir}"]
+    runs = {"fresh_off": render(infer_config(three_scene_story, root / "fresh_off", *common), root / "fresh_off")}
+    models = load_models(infer_config(three_scene_story, root, *common))
+    before = processors(models.generator.base.unet)
+    for name, extra in {"shared": SHARED, "rate_0": [*SHARED, "consistency.sample_rate=0.0"],
+                        "group_1": [*SHARED, "consistency.group_size=1"], "off_after": []}.items():
+        runs[name] = render(infer_config(three_scene_story, root / name, *common, *extra), root / name, models)
+    runs.update(root=root, models=models, processors_before=before, common=common)
+    return runs
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.abs(a - b).max() > 2)
+
+
+def test_sharing_changes_frames_and_rate_0_changes_none(simple_runs):
+    _, off = simple_runs["fresh_off"]
+    _, shared = simple_runs["shared"]
+    _, rate_0 = simple_runs["rate_0"]
+    for index in range(3):
+        np.testing.assert_array_equal(rate_0[index], off[index], err_msg=f"sample_rate=0 changed frame {index + 1}")
+    assert all(differs(s, o) for s, o in zip(shared, off)), "sharing left a frame unchanged"
+
+
+def test_a_lone_anchor_frame_is_unchanged_and_later_frames_read_it(simple_runs):
+    """group_size=1: frame 1 has no other anchor to share with; frames 2..N attend to its kept tokens."""
+    _, off = simple_runs["fresh_off"]
+    _, group_1 = simple_runs["group_1"]
+    np.testing.assert_array_equal(group_1[0], off[0])
+    assert differs(group_1[1], off[1]) and differs(group_1[2], off[2])
+
+
+def test_a_plain_storyboard_after_a_shared_one_equals_a_fresh_run(simple_runs):
+    _, off = simple_runs["fresh_off"]
+    _, after = simple_runs["off_after"]
+    for frame, expected in zip(after, off, strict=True):
+        np.testing.assert_array_equal(frame, expected)
+    assert processors(simple_runs["models"].generator.base.unet) == simple_runs["processors_before"]
+
+
+def test_manifest_and_page_record_the_settings(simple_runs):
+    manifest, _ = simple_runs["shared"]
+    consistency = manifest["consistency"]
+    assert consistency["shared_attention"] is True and consistency["group_size"] == 2
+    assert consistency["sample_rate"] == 0.5 and consistency["layers"] == ["down", "mid", "up"]
+    assert consistency["step_range"] == [0.0, 1.0] and consistency["anchor_frames"] == [1, 2]
+    assert consistency["anchor_seeds"] == [f["seed"] for f in manifest["frames"][:2]]
+    assert consistency["kept_bytes"] > 0
+    assert json.loads((simple_runs["root"] / "shared" / "manifest.json").read_text())["consistency"] == consistency
+    page = (simple_runs["root"] / "shared" / "storyboard.html").read_text()
+    assert "shared attention: sample_rate 0.5" in page and "group_size 2" in page
+    assert simple_runs["off_after"][0]["consistency"] == {"shared_attention": False}
+    assert "shared attention: off" in (simple_runs["root"] / "off_after" / "storyboard.html").read_text()
+
+
+def anchor_tokens(simple_runs, three_scene_story, *overrides: str) -> tuple[SharedTokens, list]:
+    """The kept tokens of the three-scene story's anchor group, recorded through the loaded generator."""
+    config = infer_config(three_scene_story, simple_runs["root"], *simple_runs["common"], *SHARED, *overrides)
+    plans = plan_frames(config, load_story(config.story))
+    gen = config.generation
+    tokens = SharedTokens(config.consistency, [p.settings.seed for p in plans[:2]], gen.steps)
+    simple_runs["models"].generator.record_shared_tokens(tokens, [p.prompt for p in plans[:2]], gen.negative_prompt,
+                                                         [p.settings for p in plans[:2]], gen.width, gen.height,
+                                                         gen.steps)
+    return tokens, plans
+
+
+def test_a_retried_frame_sees_the_same_shared_context(simple_runs, three_scene_story):
+    """Token sampling is seeded by the anchor seeds: recording again keeps the same tokens, the storyboard's frame
+    is reproduced from them, and generating other attempts in between changes nothing that a retry sees."""
+    tokens, plans = anchor_tokens(simple_runs, three_scene_story)
+    again, _ = anchor_tokens(simple_runs, three_scene_story)
+    assert tokens.bank.keys() == again.bank.keys() and len(tokens.bank) > 0
+    for key, kept in tokens.bank.items():
+        torch.testing.assert_close(again.bank[key], kept, rtol=0, atol=0)
+    generator = simple_runs["models"].generator
+    gen = infer_config(three_scene_story, simple_runs["root"], *simple_runs["common"]).generation
+
+    def frame(index: int, settings: Settings) -> np.ndarray:
+        image = generator.generate(plans[index].prompt, gen.negative_prompt, settings, 64, 64, gen.steps,
+                                   shared=SharedFrame(tokens, index))
+        return np.asarray(image, dtype=np.int16)
+
+    first = frame(1, plans[1].settings)
+    np.testing.assert_array_equal(first, simple_runs["shared"][1][1])
+    retry = frame(1, Settings(plans[1].settings.seed + 1000, plans[1].settings.guidance_scale))
+    assert differs(retry, first)
+    np.testing.assert_array_equal(frame(1, plans[1].settings), first)
+
+
+def test_classifier_free_guidance_halves_share_within_themselves(simple_runs, three_scene_story):
+    """With CFG the batch is [unconditional frames, conditional frames]: the conditional half must compute what a
+    batch without CFG computes, which it cannot if its frames took tokens from the unconditional half."""
+    with_cfg, _ = anchor_tokens(simple_runs, three_scene_story, "generation.guidance_scale=7.5")
+    without, _ = anchor_tokens(simple_runs, three_scene_story, "generation.guidance_scale=1.0")
+    first_step = [key for key in with_cfg.bank if key[1] == 0]
+    assert first_step and all(with_cfg.bank[key].shape[0] == 2 for key in first_step)
+    for key in first_step:
+        torch.testing.assert_close(with_cfg.bank[key][1:], without.bank[key], rtol=1e-3, atol=1e-4)  # batch-size noise
+    assert max((with_cfg.bank[key][:1] - without.bank[key]).abs().max() for key in first_step) > 1e-2
+
+
+def test_layers_and_step_range_limit_where_tokens_are_kept(simple_runs, three_scene_story):
+    tokens, _ = anchor_tokens(simple_runs, three_scene_story, "consistency.layers=[up]",
+                              "consistency.step_range=[0.5,1.0]")
+    assert tokens.bank and all(layer.startswith("up_blocks.") and layer.endswith(SELF_ATTENTION) and step == 1
+                               for layer, step in tokens.bank)
+
+
+def test_ref_guided_with_lora_shares_and_hands_the_models_back(tiny_model_dir, tiny_lora_dir, three_scene_story,
+                                                               tmp_path):
+    """IP-Adapter (attn2 processors) + ControlNet + LoRA: sharing changes the guided frames, and a plain ref_guided
+    storyboard from the same models afterwards equals a fresh one."""
+    common = ["mode=ref_guided", f"lora.path={tiny_lora_dir}"]
+    _, fresh = render(infer_config(three_scene_story, tmp_path / "fresh", *common), tmp_path / "fresh")
+    models = load_models(infer_config(three_scene_story, tmp_path, *common))
+    manifest, shared = render(infer_config(three_scene_story, tmp_path / "shared", *common, *SHARED),
+                              tmp_path / "shared", models)
+    assert set(manifest["frames"][1]["active_adapters"]) == {"lora", "ip_adapter", "controlnet"}
+    assert differs(shared[1], fresh[1]) and differs(shared[2], fresh[2])
+    _, after = render(infer_config(three_scene_story, tmp_path / "after", *common), tmp_path / "after", models)
+    for frame, expected in zip(after, fresh, strict=True):
+        np.testing.assert_array_equal(frame, expected)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("consistency.sample_rate=1.5", "consistency.sample_rate"),
+    ("consistency.layers=[left]", "consistency.layers"),
+    ("consistency.layers=[]", "consistency.layers"),
+    ("consistency.step_range=[0.8,0.2]", "consistency.step_range"),
+    ("consistency.step_range=[0.5]", "consistency.step_range"),
+    ("consistency.group_size=0", "consistency.group_size"),
+])
+def test_bad_settings_name_their_key(override, key, three_scene_story, tmp_path):
+    with pytest.raises(ConfigError, match=key):
+        infer_config(three_scene_story, tmp_path, "mode=baseline", override)
