@@ -77,6 +77,13 @@ def test_evaluate_writes_report_tables_and_plots(evaluation):
     assert "## Paired comparisons" in report and "simple − baseline" in report and "ref_guided − simple" in report
     assert "identity backend `insightface` did not run" in report and "buffalo_l" in report
     assert "dlib 20" in report and "aldar-tiny-clip" in report
+    # the story measures: per frame, per storyboard, and the judge's absence recorded (no OPENAI_API_KEY in tests)
+    for metric, per_frame in (("crop_from_face", 12), ("character_count_match", 12), ("char_cross/clip", 12),
+                              ("char_cross/dino", 12), ("char_self/clip", 6), ("style_consistency", 6)):
+        assert len([r for r in results if r["metric"] == metric]) == per_frame, metric
+    assert summary[("ref_guided", "style_consistency")]["storyboards"] == "2"
+    assert "VLM judge (gpt-4o) skipped: OPENAI_API_KEY is not set" in report
+    assert json.loads((out_dir / "vlm_judge.json").read_text())["skipped"].startswith("OPENAI_API_KEY is not set")
 
 
 def test_ref_guided_frame_one_equals_simple_and_ref_guidance_changes_later_frames(evaluation):

@@ -135,3 +135,20 @@ def test_a_different_person_is_less_similar_to_the_references_than_the_character
     table = by_metric(storyboard_measures([1, 2], [photo.resize((448, 448)), grace_hopper()], {}, story, clip, None,
                                           refs))
     assert table["char_cross/clip"][1] > table["char_cross/clip"][2]
+
+
+def test_the_style_model_is_the_scorers_clip_unless_configured(tmp_path, clip) -> None:
+    from aldar_lit.config import ConfigError
+    from aldar_lit.evaluation.metrics import build_story_scorers
+    from test_eval_bad_input import eval_config
+
+    default = build_story_scorers(eval_config(tmp_path), "cpu", clip)
+    assert default.style is clip and default.style_name == "the scorer's CLIP (aldar-tiny-clip)"
+    assert default.detector.name == "haar"  # qa.detectors: the detector frame QA counts faces with
+    other = build_story_scorers(eval_config(tmp_path, "story_metrics.style_model=aldar-tiny-clip"), "cpu", clip)
+    assert other.style is not clip and other.style_name == "open_clip aldar-tiny-clip / random weights"
+    assert other.style.embed_images([cat()]).shape == (1, clip.embed_dim)
+    with pytest.raises(ConfigError, match="story_metrics.style_pretrained: needs story_metrics.style_model"):
+        eval_config(tmp_path, "story_metrics.style_pretrained=/models/csd.pt")
+    with pytest.raises(ConfigError, match="story_metrics.expected_characters"):
+        eval_config(tmp_path, "story_metrics.expected_characters=-1")

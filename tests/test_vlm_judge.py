@@ -122,3 +122,14 @@ def test_without_a_key_or_switched_off_the_judge_says_so_once_and_asks_nothing(t
     assert report.summary().startswith("VLM judge (gpt-4o) skipped: OPENAI_API_KEY is not set")
     scores, report = judge(items(), config(tmp_path, server.base_url, enabled=False), SECRET)
     assert scores == {} and report.skipped == "vlm_judge.enabled=false" and server.requests == []
+
+
+def test_bad_judge_settings_are_refused_naming_the_key(tmp_path) -> None:
+    from aldar_lit.config import ConfigError
+    from test_eval_bad_input import eval_config
+
+    assert eval_config(tmp_path).vlm_judge.aspects == ["scene", "character_action", "camera"]  # conf/evaluate.yaml
+    with pytest.raises(ConfigError, match=r"vlm_judge.aspects: unknown aspect 'lighting'"):
+        eval_config(tmp_path, "vlm_judge.aspects=[scene,lighting]")
+    with pytest.raises(ConfigError, match="vlm_judge.image_detail"):
+        eval_config(tmp_path, "vlm_judge.image_detail=ultra")
