@@ -152,3 +152,47 @@ def test_the_style_model_is_the_scorers_clip_unless_configured(tmp_path, clip) -
         eval_config(tmp_path, "story_metrics.style_pretrained=/models/csd.pt")
     with pytest.raises(ConfigError, match="story_metrics.expected_characters"):
         eval_config(tmp_path, "story_metrics.expected_characters=-1")
+
+
+def write_csd_checkpoint(path, seed: int = 7):
+    """A checkpoint in CSD's layout (CSD_CLIP in ViStoryBench's bench/style/csd/csd_model.py: the CLIP image tower as
+    `backbone.*` without its projection, the heads `last_layer_style` and `last_layer_content`), on the tiny CLIP."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    visual = open_clip.create_model("aldar-tiny-clip").visual
+    heads = {name: torch.randn_like(visual.proj) for name in ("last_layer_style", "last_layer_content")}
+    state = {f"backbone.{key}": value for key, value in visual.state_dict().items() if key != "proj"}
+    torch.save({**state, **heads}, path)
+    visual.proj = None  # CSD_CLIP's backbone: features before any projection
+    return visual.eval(), heads["last_layer_style"]
+
+
+def test_a_csd_checkpoint_embeds_style_as_csd_does(tmp_path, clip) -> None:
+    from aldar_lit.config import ConfigError
+    from aldar_lit.evaluation.metrics import build_story_scorers
+    from test_eval_bad_input import eval_config
+
+    backbone, style_head = write_csd_checkpoint(tmp_path / "csd.pth")
+    cfg = eval_config(tmp_path, "story_metrics.style_model=aldar-tiny-clip",
+                      f"story_metrics.style_csd_checkpoint={tmp_path / 'csd.pth'}")
+    story = build_story_scorers(cfg, "cpu", clip)
+    images = [astronaut(), cat()]
+    pixels = torch.stack([story.style.preprocess(img) for img in images])
+    with torch.no_grad():  # CSD_CLIP.forward: normalize(backbone(x) @ last_layer_style)
+        expected = torch.nn.functional.normalize(backbone(pixels) @ style_head, dim=-1)
+    assert torch.allclose(story.style.embed_images(images), expected, atol=1e-5)
+    assert story.style_name.startswith("CSD style head on open_clip aldar-tiny-clip")
+
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    broken = eval_config(tmp_path, "story_metrics.style_model=aldar-tiny-clip",
+                         f"story_metrics.style_csd_checkpoint={tmp_path / 'broken.pth'}")
+    with pytest.raises(ConfigError, match=r"style_csd_checkpoint: cannot load .*broken.pth"):
+        build_story_scorers(broken, "cpu", clip)
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    other = eval_config(tmp_path, "story_metrics.style_model=aldar-tiny-clip",
+                        f"story_metrics.style_csd_checkpoint={tmp_path / 'other.pth'}")
+    with pytest.raises(ConfigError, match="is not a CSD checkpoint"):
+        build_story_scorers(other, "cpu", clip)
+    with pytest.raises(ConfigError, match="style_csd_checkpoint: no such file"):
+        eval_config(tmp_path, "story_metrics.style_model=ViT-L-14", f"story_metrics.style_csd_checkpoint={tmp_path}/x")

@@ -7,6 +7,7 @@ as `infer.py` would generate it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -101,6 +102,9 @@ class StoryMetricsConfig:
     # null: the scorer's CLIP (scorer.clip_model / scorer.clip_pretrained)
     style_model: Optional[str] = None
     style_pretrained: Optional[str] = None
+    # CSD (ViStoryBench's style metric): a CSD checkpoint (e.g. csd_vit-large.pth: backbone.* + last_layer_style) on
+    # the open_clip architecture style_model (ViT-L-14 for the published one); its style head replaces CLIP's projection
+    style_csd_checkpoint: Optional[str] = None
 
     def __post_init__(self) -> None:
         require(self.heads_wide >= 1 and self.heads_tall >= 1, "story_metrics.heads_wide/heads_tall",
@@ -111,6 +115,11 @@ class StoryMetricsConfig:
                 f"must be positive, got {self.copy_paste_temperature}")
         require(self.style_pretrained is None or self.style_model is not None, "story_metrics.style_pretrained",
                 "needs story_metrics.style_model")
+        if self.style_csd_checkpoint is not None:
+            require(self.style_model is not None and self.style_pretrained is None, "story_metrics.style_csd_checkpoint",
+                    "needs story_metrics.style_model (the checkpoint's architecture, e.g. ViT-L-14) and no style_pretrained")
+            require(Path(self.style_csd_checkpoint).expanduser().is_file(), "story_metrics.style_csd_checkpoint",
+                    f"no such file {self.style_csd_checkpoint!r}")
 
 
 @dataclass

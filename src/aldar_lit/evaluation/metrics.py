@@ -20,7 +20,7 @@ from aldar_lit.data.dataset import load_rgb
 from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.statistics import Estimate, cluster_mean, cluster_totals, paired_difference
-from aldar_lit.evaluation.story_metrics import StoryScorers, reference_views, storyboard_measures
+from aldar_lit.evaluation.story_metrics import StoryScorers, load_csd, reference_views, storyboard_measures
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
@@ -138,6 +138,9 @@ def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> Story
     sm = cfg.story_metrics
     if sm.style_model is None:
         style, style_name = clip, f"the scorer's CLIP ({cfg.scorer.clip_model})"
+    elif sm.style_csd_checkpoint is not None:
+        style = load_csd(sm.style_csd_checkpoint, sm.style_model, device, cfg.scorer.seed)
+        style_name = f"CSD style head on open_clip {sm.style_model} ({sm.style_csd_checkpoint})"
     else:
         style = ClipScorer(sm.style_model, sm.style_pretrained, device, cfg.scorer.seed)
         style_name = f"open_clip {sm.style_model} / {sm.style_pretrained or 'random weights'}"

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from PIL import Image
 
 from aldar_lit.evaluation.config import StoryMetricsConfig
-from aldar_lit.quality.clip_scorer import ImageSimilarity, mean_reference_cosine
+from aldar_lit.config import ConfigError
+from aldar_lit.quality.clip_scorer import ClipScorer, ImageSimilarity, mean_reference_cosine
 from aldar_lit.quality.faces import FaceBox, FaceDetector, crop_face, largest
 
 Measure = tuple[int, str, Optional[float]]  # (frame index, 0 for the whole storyboard; metric; value or None)
@@ -77,6 +79,30 @@ def copy_paste_degree(frames: torch.Tensor, conditioned: torch.Tensor, others: t
     s_ref = frames @ conditioned
     s_other = mean_reference_cosine(frames, others)
     return torch.softmax(torch.stack([s_ref, s_other], dim=1) / temperature, dim=1)[:, 0]
+
+
+def load_csd(checkpoint: str, model_name: str, device: str, seed: int) -> ClipScorer:
+    """CSD (Somepalli et al. 2024, "Measuring Style Similarity in Diffusion Models"), ViStoryBench's style embedding
+    (bench/style/csd/csd_model.py, CSD_CLIP): CLIP's image tower (`backbone.*`, OpenAI naming, which open_clip's
+    VisionTransformer shares) with its projection replaced by the style head `last_layer_style`. Images go through
+    open_clip's preprocessing (resize + centre crop; CSD resizes to 224 x 224 without a crop)."""
+    scorer = ClipScorer(model_name, None, device, seed)
+    try:
+        state = torch.load(Path(checkpoint).expanduser(), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors for a file that is no checkpoint
+        raise ConfigError(f"story_metrics.style_csd_checkpoint: cannot load {checkpoint!r} ({type(err).__name__}: "
+                          f"{err})") from err
+    state = state.get("model_state_dict", state) if isinstance(state, dict) else {}
+    backbone = {key.removeprefix("backbone."): value for key, value in state.items() if key.startswith("backbone.")}
+    if not backbone or "last_layer_style" not in state:
+        raise ConfigError(f"story_metrics.style_csd_checkpoint: {checkpoint!r} is not a CSD checkpoint (needs "
+                          "backbone.* and last_layer_style)")
+    try:
+        scorer.model.visual.load_state_dict({**backbone, "proj": state["last_layer_style"]}, strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"story_metrics.style_csd_checkpoint: {checkpoint!r} does not fit open_clip {model_name} "
+                          f"(story_metrics.style_model): {err}") from err
+    return scorer
 
 
 @dataclass
