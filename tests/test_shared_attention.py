@@ -19,6 +19,7 @@ from aldar_lit.pipelines.storyboard import load_models, plan_frames, render_stor
 from aldar_lit.pipelines.story import load_story
 from aldar_lit.quality.policy import Settings
 
+from fixtures_eval import tiny_arcface_onnx  # noqa: F401
 from fixtures_storyboard import TINY_GENERATION, compose_infer, tiny_lora_dir, write_story  # noqa: F401
 
 THREE_SCENES = [{"text": "aldar_kose_man smiling in front of a yurt"},
@@ -186,3 +187,39 @@ def test_ref_guided_with_lora_shares_and_hands_the_models_back(tiny_model_dir, t
 def test_bad_settings_name_their_key(override, key, three_scene_story, tmp_path):
     with pytest.raises(ConfigError, match=key):
         infer_config(three_scene_story, tmp_path, "mode=baseline", override)
+
+
+@pytest.mark.slow
+def test_evaluate_compares_modes_with_and_without_sharing(tmp_path, tiny_model_dir, demo_data_dir, tiny_lora_dir,
+                                                          tiny_arcface_onnx):
+    """evaluate.py with modes=[simple, simple+shared, ref_guided, ref_guided+shared] on the tiny model: the shared
+    modes are generated with sharing, reported and compared beside the plain ones, and a manifest is reused only
+    by a mode with the same sharing settings."""
+    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.evaluation.generation import expected_manifest, infer_config, mismatches, suite_stories
+    from aldar_lit.evaluation.run import run
+
+    from test_evaluate import compose_evaluate, read_csv, tiny_overrides
+
+    modes = ["simple", "simple+shared", "ref_guided", "ref_guided+shared"]
+    overrides = tiny_overrides(tmp_path, tiny_lora_dir, demo_data_dir, tiny_arcface_onnx, f"[{','.join(modes)}]")
+    run(compose_evaluate(overrides))
+    summary = read_csv(tmp_path / "summary.csv")
+    assert {r["mode"] for r in summary} == set(modes)
+    clip_t = {(r["mode"], r["seed"], r["frame"]): float(r["value"])
+              for r in read_csv(tmp_path / "results.csv") if r["metric"] == "clip_t"}
+    assert clip_t[("simple+shared", "0", "2")] != pytest.approx(clip_t[("simple", "0", "2")], abs=1e-6)
+    pairs = {(r["treatment"], r["control"]) for r in read_csv(tmp_path / "comparisons.csv")}
+    assert {("simple+shared", "simple"), ("ref_guided+shared", "ref_guided")} <= pairs
+    assert "simple+shared − simple" in (tmp_path / "report.md").read_text()
+
+    board = tmp_path / "generations" / "simple+shared" / "prompt_suite" / "seed0"
+    manifest = json.loads((board / "manifest.json").read_text())
+    assert manifest["mode"] == "simple" and manifest["consistency"]["shared_attention"] is True
+    cfg = to_eval_config(compose_evaluate(overrides))
+    story = suite_stories(cfg, tmp_path)[0]
+    for mode, settings, matches in (("simple+shared", [], True), ("simple", [], False),
+                                    ("simple+shared", ["consistency.sample_rate=0.25"], False)):
+        config = infer_config(to_eval_config(compose_evaluate([*overrides, *settings])), mode, story, 0,
+                              str(tiny_lora_dir))
+        assert (not mismatches(manifest, expected_manifest(config, plan_frames(config, story.scenes)))) is matches

@@ -14,11 +14,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from aldar_lit.config import ModelConfig, PathsConfig, ScorerConfig, require, to_schema
-from aldar_lit.pipelines.config import (MODES, AdaptersConfig, GenerationConfig, LoraSourceConfig, QAConfig)
+from aldar_lit.pipelines.config import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, LoraSourceConfig,
+                                        QAConfig)
 from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 
 IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
 ASPECTS = ("scene", "character_action", "camera")  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
+SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
+
+
+def split_mode(mode: str) -> tuple[str, bool]:
+    """An evaluation mode as the storyboard mode and whether its frames share self-attention."""
+    return mode.removesuffix(SHARED_SUFFIX), mode.endswith(SHARED_SUFFIX)
 
 
 @dataclass
@@ -166,6 +173,7 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     adapters: AdaptersConfig = field(default_factory=AdaptersConfig)
     qa: QAConfig = field(default_factory=QAConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)  # settings of the `+shared` modes
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
@@ -184,11 +192,12 @@ class EvalConfig:
                  "the prompt suite is empty and suite.story_files names no story: nothing to evaluate")
         require(len(self.modes) > 0, "modes", "must name at least one mode")
         for mode in self.modes:
-            require(mode in MODES, "modes", f"unknown mode {mode!r}; known modes: {list(MODES)}")
+            require(split_mode(mode)[0] in MODES, "modes",
+                     f"unknown mode {mode!r}; known modes: {list(MODES)}, each also with {SHARED_SUFFIX}")
         require(len(set(self.modes)) == len(self.modes), "modes", f"has duplicates: {list(self.modes)}")
-        if self.sweep_dir is None and any(m != "baseline" for m in self.modes):
-            require(self.lora.path is not None, "lora.path",
-                     f"modes {[m for m in self.modes if m != 'baseline']} need an adapter: lora.path=<run>/lora")
+        with_lora = [m for m in self.modes if split_mode(m)[0] != "baseline"]
+        if self.sweep_dir is None and with_lora:
+            require(self.lora.path is not None, "lora.path", f"modes {with_lora} need an adapter: lora.path=<run>/lora")
         require(self.max_reference_images > 0, "max_reference_images", "must be positive")
 
 

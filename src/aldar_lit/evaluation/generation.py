@@ -9,14 +9,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import yaml
 
-from aldar_lit.evaluation.config import EvalConfig
+from aldar_lit.evaluation.config import EvalConfig, split_mode
 from aldar_lit.pipelines.config import InferConfig, LoraSourceConfig, StoryConfig
 from aldar_lit.pipelines.story import Scene, load_scene_file, parse_scenes
 from aldar_lit.pipelines.storyboard import (FramePlan, StoryboardModels, load_models, plan_frames,
@@ -24,6 +24,7 @@ from aldar_lit.pipelines.storyboard import (FramePlan, StoryboardModels, load_mo
 
 log = logging.getLogger(__name__)
 PROMPT_SUITE = "prompt_suite"
+SHARING_SETTINGS = ("sample_rate", "layers", "step_range", "group_size")
 
 
 class ManifestError(ValueError):
@@ -66,13 +67,21 @@ def suite_stories(cfg: EvalConfig, out_dir: Path) -> list[SuiteStory]:
 
 
 def infer_config(cfg: EvalConfig, mode: str, story: SuiteStory, seed: int, lora: Optional[str]) -> InferConfig:
-    """The InferConfig infer.py would run for this storyboard."""
+    """The InferConfig infer.py would run for this storyboard (`<mode>+shared`: `<mode>` with shared attention)."""
+    base_mode, shared = split_mode(mode)
     return InferConfig(
-        model=cfg.model, mode=mode,
-        lora=LoraSourceConfig(path=None if mode == "baseline" else lora, scale=cfg.lora.scale),
+        model=cfg.model, mode=base_mode,
+        lora=LoraSourceConfig(path=None if base_mode == "baseline" else lora, scale=cfg.lora.scale),
         story=StoryConfig(file=str(story.file), trigger=cfg.suite.trigger, style=cfg.suite.style),
-        generation=replace(cfg.generation, seed=seed), adapters=cfg.adapters, qa=cfg.qa, paths=cfg.paths,
-        progress=cfg.progress)
+        generation=replace(cfg.generation, seed=seed), adapters=cfg.adapters, qa=cfg.qa,
+        consistency=replace(cfg.consistency, shared_attention=shared), paths=cfg.paths, progress=cfg.progress)
+
+
+def sharing(consistency: dict[str, Any]) -> dict[str, Any]:
+    """The shared-attention settings a storyboard was made with (manifests before the option: off)."""
+    if not consistency.get("shared_attention"):
+        return {"shared_attention": False}
+    return {"shared_attention": True, **{key: consistency.get(key) for key in SHARING_SETTINGS}}
 
 
 def expected_manifest(config: InferConfig, plans: list[FramePlan]) -> dict[str, Any]:
@@ -90,6 +99,7 @@ def expected_manifest(config: InferConfig, plans: list[FramePlan]) -> dict[str, 
         "prompts": [p.prompt for p in plans],
         "first_settings": [[p.settings.seed, p.settings.guidance_scale] for p in plans],
         "guidance": [[ip.scale, cn.conditioning_scale] if guided(config, p) else None for p in plans],
+        "consistency": sharing(asdict(config.consistency)),
     }
 
 
@@ -113,6 +123,7 @@ def manifest_facts(manifest: dict[str, Any]) -> dict[str, Any]:
         "first_settings": [[first.get("seed"), first.get("guidance_scale")]
                            for first in ((f.get("attempts") or [{}])[0] for f in frames)],
         "guidance": [_guidance(f.get("active_adapters") or {}) for f in frames],
+        "consistency": sharing(manifest.get("consistency") or {}),
     }
 
 

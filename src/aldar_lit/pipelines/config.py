@@ -210,7 +210,8 @@ class ConsistencyConfig:
         require(bool(self.layers) and set(self.layers) <= set(SHARED_BLOCKS), "consistency.layers",
                  f"must be a non-empty list of {SHARED_BLOCKS}, got {list(self.layers)}")
         require(len(self.step_range) == 2 and 0.0 <= self.step_range[0] < self.step_range[1] <= 1.0,
-                 "consistency.step_range", f"must be [start, end] with 0 <= start < end <= 1, got {list(self.step_range)}")
+                 "consistency.step_range",
+                 f"must be [start, end] with 0 <= start < end <= 1, got {list(self.step_range)}")
         require(self.group_size >= 1, "consistency.group_size", f"must be >= 1, got {self.group_size}")
 
 
