@@ -182,10 +182,10 @@ def test_readme_quickstart_trains_validates_and_exports(quickstart) -> None:
 @pytest.fixture(scope="module")
 def resumed(quickstart) -> Path:
     """The README's quickstart resume line, from step 100 of the quickstart run, into a new run directory."""
-    outputs = quickstart.parent
-    before = set(outputs.iterdir())
-    ok(run_readme(readme_command(r"experiment=quickstart ckpt_path="), outputs.parent.parent, run=quickstart.name))
-    return new_dir(outputs, before)
+    runs, workdir = quickstart.parent, quickstart.parents[2]  # <workdir>/outputs/train/<run>
+    before = set(runs.iterdir())
+    ok(run_readme(readme_command(r"experiment=quickstart ckpt_path="), workdir, run=quickstart.name))
+    return new_dir(runs, before)
 
 
 def test_readme_resume_continues_from_the_checkpoint_to_the_end(resumed) -> None:
@@ -251,7 +251,7 @@ SWEEP_SMALL = ["lora.rank=2,4", "trainer.max_steps=4", "validation.every_n_steps
                "data.demo.num_images=8", "data.demo.size=64", "data.resolution=32", "logger=csv"]
 
 
-def run_sweep(workdir: Path, experiment: str, extra: list[str], runs: int, cache_dir: Path) -> None:
+def run_sweep(workdir: Path, experiment: str, extra: list[str], runs: int) -> None:
     """The README's CPU smoke sweep for `experiment`, in `workdir`, without a hydra.sweep.dir of its own."""
     smoke = readme_command(SWEEP_SMOKE)
     args = [a.replace("rank_sweep", experiment) if a.startswith("experiment=") else a for a in smoke.args]
@@ -264,15 +264,17 @@ def run_sweep(workdir: Path, experiment: str, extra: list[str], runs: int, cache
         assert (sweep_dir / str(run) / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_readme_smoke_sweep_runs_with_the_default_sweep_dir(tmp_path, cache_dir) -> None:
-    run_sweep(tmp_path, "rank_sweep", SWEEP_SMALL, runs=2, cache_dir=cache_dir)
+@pytest.mark.usefixtures("cache_dir")  # the tiny model and the demo character, made once per session
+def test_readme_smoke_sweep_runs_with_the_default_sweep_dir(tmp_path) -> None:
+    run_sweep(tmp_path, "rank_sweep", SWEEP_SMALL, runs=2)
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("cache_dir")
 @pytest.mark.parametrize(("experiment", "runs"), [("rank_sweep", 5), ("lr_sweep", 3), ("steps_sweep", 1)])
-def test_readme_smoke_sweeps_as_typed(tmp_path, cache_dir, experiment, runs) -> None:
+def test_readme_smoke_sweeps_as_typed(tmp_path, experiment, runs) -> None:
     """Each README sweep with the CPU smoke settings the README gives (steps_sweep: one run, at max_steps=20)."""
-    run_sweep(tmp_path, experiment, [], runs=runs, cache_dir=cache_dir)
+    run_sweep(tmp_path, experiment, [], runs=runs)
 
 
 @pytest.fixture
