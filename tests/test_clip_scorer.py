@@ -12,6 +12,7 @@ from torchmetrics.functional.multimodal import clip_score
 
 from aldar_lit.quality.clip_scorer import TINY_CLIP, ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
+from aldar_lit.quality.subject_score import SubjectScorer
 
 TEXTS = ["a cat", "a dog", "a man riding a horse", "aldar_kose_man in the steppe", "", "close-up portrait"]
 
@@ -119,3 +120,22 @@ def test_dino_subject_fidelity(arrays):
     scores = dino.image_image(images, images[:1])
     torch.testing.assert_close(scores[0], torch.tensor(1.0))
     assert (scores[1:] < 0.999).all()
+
+
+def test_subject_score_is_the_weighted_sum_of_the_mean_scores(scorer, arrays):
+    """val/score and evaluate.py's score: weights x (mean CLIP-T, mean CLIP-I, mean DINO); per image, the same sum."""
+    dino = DinoScorer(pretrained=False, image_size=32)
+    images, references, prompts = pil(arrays[:4]), pil(arrays[4:]), TEXTS[:4]
+    weights = {"clip_t": 2.0, "clip_i": 0.5, "dino": 0.25}
+    subject = SubjectScorer(scorer, references, weights, dino)
+    means = {"clip_t": float(scorer.text_image(images, prompts).mean()),
+             "clip_i": float(scorer.image_image(images, references).mean()),
+             "dino": float(dino.image_image(images, references).mean())}
+    scored = subject.score(images, prompts)
+    assert scored == pytest.approx({**means, "score": sum(weights[k] * means[k] for k in weights)}, abs=1e-6)
+    per_image = subject.per_image(images, prompts)
+    assert float(per_image["score"].mean()) == pytest.approx(scored["score"], abs=1e-6)
+    without_references = SubjectScorer(scorer, [], weights, dino).per_image(images, prompts)
+    assert set(without_references) == {"clip_t"}  # no CLIP-I, DINO or score to report
+    with pytest.raises(ValueError, match="one prompt per image"):
+        subject.per_image(images, prompts[:1])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from aldar_lit.config import ConfigError, LoraConfig, TrainConfig
@@ -128,6 +129,32 @@ def validated_run(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("validated")
     train(run_dir, "trainer.max_steps=8", *VALIDATED)
     return run_dir
+
+
+def test_val_score_of_the_exported_step_is_the_evaluation_score_of_its_images(validated_run: Path, tmp_path: Path):
+    """One scorer: the evaluation's code, given the exported step's saved validation images (their manifest gives
+    each prompt) and the training folder as reference_images, gives train.py's val/score and its terms."""
+    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.evaluation.generation import StoryboardRun, read_manifest
+    from aldar_lit.evaluation.metrics import build_scorers, load_reference_images, measure, summarise
+    from test_evaluate import compose_evaluate
+
+    summary = json.loads((validated_run / "summary.json").read_text())
+    logged = next(entry for entry in summary["history"] if entry["step"] == summary["best_step"])
+    run_config = OmegaConf.load(validated_run / ".hydra" / "config.yaml")
+    cfg = to_eval_config(compose_evaluate(["model=tiny", "scorer=tiny", "qa=tiny", "modes=[baseline]",
+                                           "suite.prompts=[unused]", f"reference_images={run_config.data.root}",
+                                           f"max_reference_images={run_config.validation.max_reference_images}",
+                                           f"paths.output_dir={tmp_path}"]))
+    step_dir = validated_run / "validation" / f"step={summary['best_step']:06d}"
+    images = StoryboardRun("simple", "validation", 0, step_dir, read_manifest(step_dir), reused=True)
+    rows = measure([images], build_scorers(cfg, "cpu", {}, {}),
+                   load_reference_images(cfg.reference_images, cfg.max_reference_images)).rows
+    means = {entry["metric"]: entry["mean"] for entry in summarise(rows, ["simple"], 100, 0.95, 0)}
+    assert len([r for r in rows if r["metric"] == "score"]) == len(run_config.data.validation_prompts)  # 1 seed
+    assert abs(means["score"] - summary["best_score"]) < 1e-6
+    for name in ("clip_t", "clip_i", "dino"):
+        assert abs(means[name] - logged[name]) < 1e-6, name
 
 
 def same_adapter(run_a: Path, run_b: Path) -> bool:

@@ -19,8 +19,9 @@ import torch
 from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
+from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.validation import ValidationSampler, build_scorer
+from aldar_lit.training.validation import ValidationSampler
 from test_validation import TINY_SCORER
 
 PRECISIONS = [

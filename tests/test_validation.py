@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from aldar_lit.config import DataConfig, DinoConfig, LoraConfig, ObjectiveConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.lora import UNET
+from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.validation import ValidationSampler, assemble_pipeline, build_scorer
+from aldar_lit.training.validation import ValidationSampler, assemble_pipeline
 
 PROMPTS = ["aldar_kose_man standing in the steppe", "close-up portrait of aldar_kose_man"]
 TINY_SCORER = ScorerConfig(clip_model="aldar-tiny-clip", clip_pretrained=None,
@@ -71,14 +73,18 @@ def test_scores_logged_at_the_cadence(fitted):
     assert float(trainer.callback_metrics["val/score"]) == pytest.approx(callback.history[-1]["score"])
 
 
-def test_images_and_grid_saved_per_step(fitted):
-    out_dir, *_ = fitted
+def test_images_grid_and_manifest_saved_per_step(fitted):
+    out_dir, callback, *_ = fitted
     for step in (2, 4):
         step_dir = out_dir / "validation" / f"step={step:06d}"
         names = {p.name for p in step_dir.iterdir()}
-        assert names == {"grid.png", "p00_seed0.png", "p00_seed1.png", "p01_seed0.png", "p01_seed1.png"}
+        assert names == {"grid.png", "p00_seed0.png", "p00_seed1.png", "p01_seed0.png", "p01_seed1.png", "manifest.json"}
         assert Image.open(step_dir / "p00_seed0.png").size == (32, 32)
         assert Image.open(step_dir / "grid.png").size == (2 * 32, 2 * 32)  # seeds across, prompts down
+        manifest = json.loads((step_dir / "manifest.json").read_text())  # what evaluation's frames_of reads back
+        assert [(f["file"], f["prompt"], f["seed"]) for f in manifest["frames"]] == [
+            (f"p{p:02d}_seed{seed}.png", PROMPTS[p], seed) for p in (0, 1) for seed in (0, 1)]
+        assert {**manifest["metrics"], "step": step} == next(e for e in callback.history if e["step"] == step)
 
 
 def test_wandb_offline_run_holds_images_and_table(fitted):

@@ -28,16 +28,19 @@ from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, 
                                             VerificationRule, main_face)
 from aldar_lit.quality.faces import build_face_detector
 from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
+from aldar_lit.quality.references import folder_references
+from aldar_lit.quality.subject_score import SubjectScorer
 
 log = logging.getLogger(__name__)
 ANOMALIES = (NO_FACE, MULTIPLE_FACES, INVALID_POSE, TOO_SMALL, CUT_OFF)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 # name (without the "/backend" suffix of identity metrics) -> definition, for the report
 DEFINITIONS = {
     "clip_t": "CLIP-T: cosine between the frame and its prompt (open_clip); prompt fidelity (DreamBench)",
     "clip_i": "CLIP-I: mean cosine between the frame and every training image; subject fidelity (DreamBench)",
     "dino": "DINO: mean cosine of DINO ViT-S/16 CLS embeddings, frame vs every training image (DreamBench)",
+    "score": "the checkpoint-selection score (training's val/score): scorer.weights x (clip_t, clip_i, dino) of the "
+             "frame; the mean over frames is val/score of those images",
     "face_detected": "1 when the identity backend found a face in the frame, else 0 (the detection rate)",
     "id_to_frame1": "cosine of the frame's largest face to frame 1's, same storyboard; frames 2..N with both faces",
     "id_to_train": "mean cosine of the frame's largest face to the faces of the training images",
@@ -84,6 +87,7 @@ class Scorers:
     identity: dict[str, FaceIdentityEmbedder]
     unavailable: dict[str, str] = field(default_factory=dict)  # backend -> why it did not load
     story: Optional[StoryScorers] = None  # the story-visualisation measures; None: not measured
+    weights: dict[str, float] = field(default_factory=dict)  # scorer.weights of `score`; empty: no score
 
     def versions(self, cfg: EvalConfig) -> dict[str, str]:
         """What produced each number, for the report."""
@@ -129,7 +133,7 @@ def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentity
     dino = None
     if sc.dino is not None:
         dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
-    return Scorers(clip, dino, identity, unavailable, build_story_scorers(cfg, device, clip))
+    return Scorers(clip, dino, identity, unavailable, build_story_scorers(cfg, device, clip), dict(sc.weights))
 
 
 def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> StoryScorers:
@@ -151,14 +155,9 @@ def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> Story
 
 
 def load_reference_images(root: Optional[str], limit: int) -> list[Image.Image]:
-    """The character's training images (sorted, at most `limit`); none when `root` is None."""
-    if root is None:
-        return []
-    path = Path(root).expanduser()
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"reference_images: no images in {str(path)!r}")
-    return [load_rgb(p) for p in files[:limit]]
+    """At most `limit` of the character's training images, selected as training selects its references; none
+    when `root` is None."""
+    return [] if root is None else folder_references(root, limit)
 
 
 @dataclass
@@ -208,8 +207,7 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
     """Every metric for every frame of every storyboard."""
     rows: list[dict[str, Any]] = []
     heatmaps: dict[tuple, np.ndarray] = {}
-    ref_clip = scorers.clip.embed_images(references) if references else None
-    ref_dino = scorers.dino.embed_images(references) if references and scorers.dino else None
+    subject = SubjectScorer(scorers.clip, references, scorers.weights, scorers.dino)
     ref_faces = {name: [f for f in (main_face(e.embed(img)) for img in references) if f is not None]
                  for name, e in scorers.identity.items()}
     for name, faces in ref_faces.items():
@@ -220,17 +218,11 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
     for run in runs:
         frames = frames_of(run)
         images = [f.image for f in frames]
-        clip_t = scorers.clip.text_image(images, [f.prompt for f in frames]).tolist()
-        clip_embeds = scorers.clip.embed_images(images)
-        clip_i = (clip_embeds @ ref_clip.T).mean(1).tolist() if ref_clip is not None else [None] * len(frames)
-        dino_i = ([None] * len(frames) if ref_dino is None
-                  else (scorers.dino.embed_images(images) @ ref_dino.T).mean(1).tolist())
-        for frame, t, i, d in zip(frames, clip_t, clip_i, dino_i):
-            rows += [measurement_row(run, frame.index, frame.prompt, "clip_t", t)]
-            if ref_clip is not None:
-                rows.append(measurement_row(run, frame.index, frame.prompt, "clip_i", i))
-            if ref_dino is not None:
-                rows.append(measurement_row(run, frame.index, frame.prompt, "dino", d))
+        subject_metrics = {name: values.tolist() for name, values in
+                           subject.per_image(images, [f.prompt for f in frames]).items()}
+        for position, frame in enumerate(frames):
+            rows += [measurement_row(run, frame.index, frame.prompt, name, values[position])
+                     for name, values in subject_metrics.items()]
             rows += [measurement_row(run, frame.index, frame.prompt, "anomaly", frame.anomaly),
                      measurement_row(run, frame.index, frame.prompt, "qa_attempts", frame.attempts),
                      measurement_row(run, frame.index, frame.prompt, "seconds", frame.seconds)]

@@ -28,9 +28,10 @@ from PIL import Image
 from aldar_lit.atomic_write import write_json
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
 from aldar_lit.data.datamodule import CaptionedImageDataModule
-from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
+from aldar_lit.quality.references import select_references
+from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.redaction import REDACTED, is_secret_key
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
@@ -38,7 +39,7 @@ from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.selection import (
     CheckpointError, StepCheckpoint, best_score_checkpoint, check_lora_fits, load_checkpoint_weights, read_checkpoint,
 )
-from aldar_lit.training.validation import SCORE_KEY, ValidationSampler, build_scorer
+from aldar_lit.training.validation import SCORE_KEY, ValidationSampler
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,8 @@ class Selection:
 
 
 def reference_images(datamodule: CaptionedImageDataModule, limit: int) -> list[Image.Image]:
-    """Up to `limit` training images, evenly spread over the dataset: the CLIP-I / DINO references."""
-    paths = [example.path for example in datamodule.scan_report.examples]
-    stride = max(1, -(-len(paths) // limit))
-    return [load_rgb(path) for path in paths[::stride][:limit]]
+    """The CLIP-I / DINO references: the training images, selected as evaluate.py selects them from a folder."""
+    return select_references([example.path for example in datamodule.scan_report.examples], limit)
 
 
 def build_selection(config: TrainConfig, output_dir: Path, datamodule: CaptionedImageDataModule) -> Selection:

@@ -2,8 +2,10 @@
 
 Every `every_n_steps` optimizer steps, `ValidationSampler` generates one image per (prompt, seed)
 through a `StableDiffusionXLPipeline` assembled from the LightningModule's own parts (nothing is
-reloaded), scores them with `ValidationScorer`, logs `val/clip_t`, `val/clip_i`, optional `val/dino`
-and `val/score`, and saves the images and a grid under `<run dir>/validation/step=XXXXXX/`. A
+reloaded), scores them with the scorer evaluate.py uses (`quality.subject_score.SubjectScorer`), logs
+`val/clip_t`, `val/clip_i`, optional `val/dino` and `val/score`, and saves the images, a grid and a
+`manifest.json` (each image's prompt and seed, in the storyboard manifest's frame layout, and the scores)
+under `<run dir>/validation/step=XXXXXX/`, where evaluation's code can read them back. A
 `ModelCheckpoint(monitor="val/score")` placed after it in the callback list picks them up at the same
 step. Every rank generates the same images (same seeds); only rank 0 writes files.
 """
@@ -23,53 +25,11 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from aldar_lit.atomic_write import write_png
-from aldar_lit.config import ScorerConfig
-from aldar_lit.quality.clip_scorer import ClipScorer, mean_reference_cosine
-from aldar_lit.quality.dino_scorer import DinoScorer
+from aldar_lit.atomic_write import write_json, write_png
 
 log = logging.getLogger(__name__)
 
 SCORE_KEY = "val/score"
-
-
-class ValidationScorer:
-    """CLIP-T, CLIP-I and optional DINO of generated images, and their weighted sum `score`.
-
-    `score = sum(weights[k] * metric[k])`; the default weights (conf/scorer/*.yaml) are
-    1 / (2 * DreamBooth's published level) for each term, so a checkpoint at DreamBooth's
-    quality scores about 1.0 and a relative loss in prompt fidelity (CLIP-T, ~0.31) costs as
-    much as the same relative loss in subject fidelity (CLIP-I, ~0.81): CLIP-I alone rewards
-    memorising the training images, CLIP-T alone rewards forgetting the character.
-    """
-
-    def __init__(self, clip: ClipScorer, references: Sequence[Image.Image], weights: dict[str, float],
-                 dino: DinoScorer | None = None):
-        if not references:
-            raise ValueError("validation needs at least one training image as CLIP-I reference")
-        self.clip, self.dino, self.weights = clip, dino, dict(weights)
-        self.clip_references = clip.embed_images(references)
-        self.dino_references = dino.embed_images(references) if dino is not None else None
-
-    def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
-        clip_embeds = self.clip.embed_images(images)
-        metrics = {
-            "clip_t": float((clip_embeds * self.clip.embed_texts(prompts)).sum(dim=-1).mean()),
-            "clip_i": float(mean_reference_cosine(clip_embeds, self.clip_references).mean()),
-        }
-        if self.dino is not None:
-            metrics["dino"] = float(mean_reference_cosine(self.dino.embed_images(images), self.dino_references).mean())
-        metrics["score"] = sum(weight * metrics[name] for name, weight in self.weights.items())
-        return metrics
-
-
-def build_scorer(cfg: ScorerConfig, references: Sequence[Image.Image], device: torch.device) -> ValidationScorer:
-    clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained, device=device, seed=cfg.seed)
-    dino = None
-    if cfg.dino is not None:
-        dino = DinoScorer(cfg.dino.model_name, cfg.dino.pretrained, device=device, seed=cfg.seed,
-                          image_size=cfg.dino.image_size)
-    return ValidationScorer(clip, references, cfg.weights, dino)
 
 
 @dataclass(frozen=True)
@@ -127,6 +87,15 @@ def image_grid(samples: Sequence[Sample], columns: int) -> Image.Image:
     for index, sample in enumerate(samples):
         grid.paste(sample.image, ((index % columns) * width, (index // columns) * height))
     return grid
+
+
+def step_manifest(samples: Sequence[Sample], paths: Sequence[Path], metrics: dict[str, float],
+                  step: int) -> dict[str, Any]:
+    """The step's samples as storyboard manifest frames (index, file, prompt, seed, one attempt without QA)."""
+    frames = [{"index": index, "file": path.name, "prompt": sample.prompt, "seed": sample.seed,
+               "attempts": [{"attempt": 1, "seed": sample.seed, "qa": None}], "chosen_attempt": 0}
+              for index, (sample, path) in enumerate(zip(samples, paths), start=1)]
+    return {"status": "complete", "mode": "validation", "step": step, "metrics": metrics, "frames": frames}
 
 
 class ValidationSampler(L.Callback):
@@ -224,6 +193,7 @@ class ValidationSampler(L.Callback):
             write_png(path, sample.image)
             paths.append(path)
         write_png(step_dir / "grid.png", image_grid(samples, columns=len(self.seeds)))
+        write_json(step_dir / "manifest.json", step_manifest(samples, paths, metrics, step))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_to_wandb(logger, samples, paths, metrics, step)
