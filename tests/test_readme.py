@@ -195,8 +195,6 @@ def test_readme_resume_continues_from_the_checkpoint_to_the_end(resumed) -> None
     assert (resumed / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 items 3-4 (helper C2): a resume into a new directory loses the "
-                                        "best-k state, and a mid-epoch one is not exact")
 def test_readme_resume_exports_the_uninterrupted_runs_best_adapter(quickstart, resumed) -> None:
     original = json.loads((quickstart / "summary.json").read_text())
     summary = json.loads((resumed / "summary.json").read_text())
