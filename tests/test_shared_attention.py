@@ -189,6 +189,17 @@ def test_bad_settings_name_their_key(override, key, three_scene_story, tmp_path)
         infer_config(three_scene_story, tmp_path, "mode=baseline", override)
 
 
+@pytest.mark.parametrize("mode", ["simple+magic", "shared"])
+def test_evaluate_refuses_unknown_modes_naming_the_key(mode, tmp_path):
+    from aldar_lit.evaluation.config import to_eval_config
+
+    from test_evaluate import compose_evaluate
+
+    with pytest.raises(ConfigError, match=r"modes: unknown mode .*each also with \+shared"):
+        to_eval_config(compose_evaluate([f"modes=[simple,{mode}]", "lora.path=/nonexistent/lora",
+                                         f"paths.output_dir={tmp_path}"]))
+
+
 @pytest.mark.slow
 def test_evaluate_compares_modes_with_and_without_sharing(tmp_path, tiny_model_dir, demo_data_dir, tiny_lora_dir,
                                                           tiny_arcface_onnx):
@@ -223,3 +234,22 @@ def test_evaluate_compares_modes_with_and_without_sharing(tmp_path, tiny_model_d
         config = infer_config(to_eval_config(compose_evaluate([*overrides, *settings])), mode, story, 0,
                               str(tiny_lora_dir))
         assert (not mismatches(manifest, expected_manifest(config, plan_frames(config, story.scenes)))) is matches
+
+
+def test_cost_benchmark_reports_each_group_size(tmp_path, tiny_model_dir):
+    """benchmarks/bench_shared_attention.py on the tiny model: one row per group size; the kept tokens grow with
+    the anchors (a frame keeps the same share of its tokens whatever the group)."""
+    import subprocess
+    import sys
+
+    from fixtures_storyboard import REPO_ROOT
+
+    out = tmp_path / "cost.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_shared_attention.py"), "--model", "tiny",
+                    "--steps", "2", "--repeats", "1", "--groups", "1,2", "--out", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path, timeout=300)
+    result = json.loads(out.read_text())
+    one, two = result["groups"]
+    assert (one["group_size"], two["group_size"]) == (1, 2) and result["plain_frame_seconds"] > 0
+    assert one["kept_bytes"] > 0 and two["kept_bytes"] == 2 * one["kept_bytes"]
+    assert all(row["record_seconds"] > 0 and row["frame_seconds"] > 0 for row in (one, two))
