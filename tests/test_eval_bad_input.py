@@ -11,8 +11,9 @@ import pytest
 from aldar_lit.config import ConfigError
 from aldar_lit.evaluation.config import IdentityConfig
 from aldar_lit.evaluation.generation import ManifestError, StoryboardRun, collect_storyboards
-from aldar_lit.evaluation.metrics import Scorers, build_identity_embedders, measure, summarise
+from aldar_lit.evaluation.metrics import Scorers, measure, summarise
 from aldar_lit.evaluation.run import evaluate_sweep
+from aldar_lit.quality.face_identity import build_identity_embedders
 from fixtures_eval import astronaut, cat, dlib_embedder, tiny_arcface_onnx  # noqa: F401
 from test_evaluate import PROMPTS, compose_evaluate
 

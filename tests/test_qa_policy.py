@@ -1,14 +1,20 @@
 """Storyboard QA: the seed's auto-fix policy, anomaly verdicts, and FrameQA on real photographs."""
 
+import json
+
 import pytest
 from PIL import Image
 from skimage import data
 
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import AutoFixConfig, ClipQAConfig, QAConfig
+from aldar_lit.pipelines.config import AutoFixConfig, ClipQAConfig, IdentityConfig, QAConfig, to_infer_config
+from aldar_lit.pipelines.storyboard import render_storyboard
+from aldar_lit.quality.face_identity import DLIB_SAME_PERSON_DISTANCE
 from aldar_lit.quality.frame_qa import FrameQA
 from aldar_lit.quality.policy import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, MULTIPLE_FACES, NO_FACE,
                                       TOO_SMALL, Settings, face_failures, next_attempt, rank_key)
+import fixtures_eval
+from fixtures_storyboard import TINY_GENERATION, compose_infer, write_story
 
 FIX = AutoFixConfig()
 START = Settings(seed=42, guidance_scale=7.5)
@@ -65,40 +71,105 @@ def test_qa_config_errors_name_the_key():
         QAConfig(prompt_threshold=22.0)
 
 
+TINY_CLIP = ClipQAConfig(model_name="aldar-tiny-clip", pretrained=None)
+DLIB = IdentityConfig(backends=["dlib"])
+
+
 @pytest.fixture(scope="module")
 def frame_qa() -> FrameQA:
-    cfg = QAConfig(prompt_threshold=-1.0, identity_threshold=0.99,
-                   clip=ClipQAConfig(model_name="aldar-tiny-clip", pretrained=None))
-    return FrameQA(cfg)
+    """Identity by dlib (the evaluation's offline backend), CLIP-T from a random tiny CLIP, any prompt score passes."""
+    return FrameQA(QAConfig(prompt_threshold=-1.0, clip=TINY_CLIP, identity=DLIB))
 
 
 def test_frame_qa_on_photographs(frame_qa):
     astronaut = Image.fromarray(data.astronaut())
-    box = frame_qa.main_face(astronaut)
-    reference = frame_qa.identity_crop(astronaut, box)
+    reference = frame_qa.identity_reference(astronaut, frame_qa.main_face(astronaut))
 
-    same = frame_qa.evaluate(astronaut, "an astronaut", reference_face=reference)
+    same = frame_qa.evaluate(astronaut, "an astronaut", reference)
     assert same.passed, same.failures
-    assert same.identity_score == pytest.approx(1.0, abs=1e-4)
+    assert same.identity_score == pytest.approx(1.0, abs=1e-4) and same.same_person is True
     assert len(same.faces) == 1 and same.prompt_score is not None
 
     pair = Image.new("RGB", (1024, 512))
     pair.paste(astronaut, (0, 0))
     pair.paste(astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (512, 0))
-    two = frame_qa.evaluate(pair, "two astronauts", reference_face=reference)
+    two = frame_qa.evaluate(pair, "two astronauts", reference)
     assert MULTIPLE_FACES in two.failures and not two.passed
 
     coffee = Image.fromarray(data.coffee())
-    none = frame_qa.evaluate(coffee, "a cup of coffee", reference_face=reference)
-    assert none.failures == [NO_FACE] and none.identity_score is None
+    none = frame_qa.evaluate(coffee, "a cup of coffee", reference)
+    assert none.failures == [NO_FACE] and none.identity_score is None and none.same_person is None
 
 
-def test_low_prompt_score_and_identity_verdicts(frame_qa):
+def test_identity_is_the_evaluation_backend_at_its_published_rule(frame_qa):
+    """dlib verifies the astronaut's edited photos as her and Grace Hopper as someone else (distance < 0.6)."""
+    assert frame_qa.identity.describe() == {
+        "backend": "dlib", "model": frame_qa.identity.embedder.version,
+        "same_person": f"Euclidean distance < {DLIB_SAME_PERSON_DISTANCE}", "fallback_reason": None, "unavailable": {}}
+    astronaut, hopper = fixtures_eval.astronaut(), fixtures_eval.grace_hopper()
+    her = frame_qa.identity_reference(astronaut, frame_qa.main_face(astronaut))
+    for name, variant in fixtures_eval.same_person_variants(astronaut).items():
+        report = frame_qa.evaluate(variant, "an astronaut", her)
+        assert report.same_person is True and LOW_IDENTITY not in report.failures, name
+    other = frame_qa.evaluate(hopper, "a woman", her)
+    assert other.identity_score is not None  # her face was found and measured, and is not the astronaut's
+    assert other.same_person is False and LOW_IDENTITY in other.failures
+    hopper_reference = frame_qa.identity_reference(hopper, frame_qa.main_face(hopper))
+    assert frame_qa.evaluate(astronaut, "an astronaut", hopper_reference).same_person is False
+    assert frame_qa.evaluate(hopper, "a woman", hopper_reference).same_person is True
+
+
+def test_without_the_dlib_model_qa_falls_back_to_clip_and_says_why(tmp_path):
+    """A real missing file: dlib's models looked up in an empty folder."""
+    empty = tmp_path / "no_dlib_models"
+    empty.mkdir()
+    qa = FrameQA(QAConfig(prompt_threshold=-1.0, identity_threshold=0.99, clip=TINY_CLIP,
+                          identity=IdentityConfig(backends=["dlib"], dlib_models_dir=str(empty))))
+    record = qa.identity.describe()
+    assert record["backend"] == "clip" and record["same_person"] == "CLIP-I of face crops >= 0.99"
+    assert "dlib" in record["fallback_reason"] and str(empty) in record["fallback_reason"]
+    assert set(record["unavailable"]) == {"dlib"}
     astronaut = Image.fromarray(data.astronaut())
-    strict = FrameQA(QAConfig(prompt_threshold=1.0, identity_threshold=0.99,
-                              clip=ClipQAConfig(model_name="aldar-tiny-clip", pretrained=None)),
-                     face_detector=frame_qa.face_detector)
-    other_face = frame_qa.identity_crop(Image.fromarray(data.coffee()), frame_qa.main_face(astronaut))
-    report = strict.evaluate(astronaut, "an astronaut", reference_face=other_face)
+    crop = qa.identity_reference(astronaut, qa.main_face(astronaut))
+    assert isinstance(crop, Image.Image)  # CLIP compares face crops
+    same = qa.evaluate(astronaut, "an astronaut", crop)
+    assert same.passed and same.identity_score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_storyboard_manifest_records_the_identity_check_and_its_fallback(tiny_model_dir, tmp_path):
+    story = write_story(tmp_path / "one.yaml", [{"text": "aldar_kose_man smiling"}])
+    empty = tmp_path / "no_dlib_models"
+    empty.mkdir()
+    records = {}
+    for name, extra in {"dlib": [], "fallback": [f"qa.identity.dlib_models_dir={empty}"]}.items():
+        out = tmp_path / name
+        config = to_infer_config(compose_infer(["model=tiny", "qa=tiny", "qa.max_attempts=1", "mode=baseline",
+                                                "qa.identity.backends=[dlib]", f"story.file={story}",
+                                                f"paths.output_dir={out}", *TINY_GENERATION, *extra]))
+        render_storyboard(config, out)
+        records[name] = json.loads((out / "manifest.json").read_text())["qa"]["identity"]
+    assert records["dlib"]["backend"] == "dlib" and records["dlib"]["fallback_reason"] is None
+    assert records["fallback"]["backend"] == "clip" and str(empty) in records["fallback"]["fallback_reason"]
+
+
+def test_low_prompt_score_and_clip_identity_verdicts(frame_qa):
+    astronaut = Image.fromarray(data.astronaut())
+    strict = FrameQA(QAConfig(prompt_threshold=1.0, identity_threshold=0.99, clip=TINY_CLIP,
+                              identity=IdentityConfig(backends=[])), face_detector=frame_qa.face_detector)
+    assert strict.identity.describe()["fallback_reason"] == "qa.identity.backends is empty"
+    other_face = strict.identity_reference(Image.fromarray(data.coffee()), frame_qa.main_face(astronaut))
+    report = strict.evaluate(astronaut, "an astronaut", other_face)
     assert report.failures == [LOW_PROMPT_SCORE, LOW_IDENTITY]
-    assert report.to_dict()["scores"]["identity_clip_i"] < 0.99
+    assert report.to_dict()["scores"]["identity"] < 0.99 and report.to_dict()["same_person"] is False
+
+
+def test_qa_in_an_evaluation_uses_the_evaluation_identity_backends(tmp_path):
+    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.evaluation.generation import infer_config, suite_stories
+    from test_evaluate import compose_evaluate
+
+    cfg = to_eval_config(compose_evaluate(["model=tiny", "qa=tiny", "modes=[baseline]", "suite.prompts=[a man]",
+                                           "identity.backends=[dlib]", "identity.dlib_upsample=2",
+                                           f"paths.output_dir={tmp_path}"]))
+    story = suite_stories(cfg, tmp_path)[0]
+    assert infer_config(cfg, "baseline", story, 0, None).qa.identity == cfg.identity != QAConfig().identity

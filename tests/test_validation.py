@@ -78,7 +78,7 @@ def test_images_grid_and_manifest_saved_per_step(fitted):
     for step in (2, 4):
         step_dir = out_dir / "validation" / f"step={step:06d}"
         names = {p.name for p in step_dir.iterdir()}
-        assert names == {"grid.png", "p00_seed0.png", "p00_seed1.png", "p01_seed0.png", "p01_seed1.png", "manifest.json"}
+        assert names == {"grid.png", "manifest.json", *(f"p{p:02d}_seed{seed}.png" for p in (0, 1) for seed in (0, 1))}
         assert Image.open(step_dir / "p00_seed0.png").size == (32, 32)
         assert Image.open(step_dir / "grid.png").size == (2 * 32, 2 * 32)  # seeds across, prompts down
         manifest = json.loads((step_dir / "manifest.json").read_text())  # what evaluation's frames_of reads back

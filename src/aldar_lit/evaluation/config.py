@@ -14,11 +14,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from aldar_lit.config import ModelConfig, PathsConfig, ScorerConfig, require, to_schema
-from aldar_lit.pipelines.config import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, LoraSourceConfig,
-                                        QAConfig)
-from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
+from aldar_lit.pipelines.config import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
+                                        LoraSourceConfig, QAConfig)
 
-IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
 ASPECTS = ("scene", "character_action", "camera")  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
 SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
 
@@ -45,32 +43,6 @@ class SuiteConfig:
                      "must be a non-empty string")
         require(len(self.seeds) > 0, "suite.seeds", "must hold at least one seed")
         require(len(set(self.seeds)) == len(self.seeds), "suite.seeds", f"has duplicates: {list(self.seeds)}")
-
-
-@dataclass
-class IdentityConfig:
-    """Face identity backends (aldar_lit.quality.face_identity); one that cannot load is reported and skipped."""
-
-    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])
-    insightface_pack: str = "buffalo_l"
-    insightface_root: str = "~/.insightface"
-    insightface_det_size: int = 640
-    arcface_onnx_path: Optional[str] = None
-    dlib_upsample: int = 1  # HOG detector upsampling: 1 finds faces down to ~40 px
-    # same-person thresholds of the verification rates, each backend's published rule (sources in face_identity.py)
-    dlib_same_person_distance: float = DLIB_SAME_PERSON_DISTANCE  # Euclidean, raw 128-d descriptors, below = same
-    arcface_same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE  # insightface and arcface_onnx, at least = same
-
-    def __post_init__(self) -> None:
-        for name in self.backends:
-            require(name in IDENTITY_BACKENDS, "identity.backends",
-                     f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
-        require(self.dlib_same_person_distance > 0, "identity.dlib_same_person_distance",
-                f"must be positive, got {self.dlib_same_person_distance}")
-        require(-1 < self.arcface_same_person_cosine < 1, "identity.arcface_same_person_cosine",
-                f"must be in (-1, 1), got {self.arcface_same_person_cosine}")
-        if "arcface_onnx" in self.backends:
-            require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
 
 
 @dataclass

@@ -67,13 +67,15 @@ def suite_stories(cfg: EvalConfig, out_dir: Path) -> list[SuiteStory]:
 
 
 def infer_config(cfg: EvalConfig, mode: str, story: SuiteStory, seed: int, lora: Optional[str]) -> InferConfig:
-    """The InferConfig infer.py would run for this storyboard (`<mode>+shared`: `<mode>` with shared attention)."""
+    """The InferConfig infer.py would run for this storyboard (`<mode>+shared`: `<mode>` with shared attention); its
+    QA checks identity with the evaluation's identity backends."""
     base_mode, shared = split_mode(mode)
     return InferConfig(
         model=cfg.model, mode=base_mode,
         lora=LoraSourceConfig(path=None if base_mode == "baseline" else lora, scale=cfg.lora.scale),
         story=StoryConfig(file=str(story.file), trigger=cfg.suite.trigger, style=cfg.suite.style),
-        generation=replace(cfg.generation, seed=seed), adapters=cfg.adapters, qa=cfg.qa,
+        generation=replace(cfg.generation, seed=seed), adapters=cfg.adapters,
+        qa=replace(cfg.qa, identity=cfg.identity),
         consistency=replace(cfg.consistency, shared_attention=shared), paths=cfg.paths, progress=cfg.progress)
 
 

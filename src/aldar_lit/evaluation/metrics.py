@@ -17,15 +17,13 @@ import numpy as np
 from PIL import Image
 
 from aldar_lit.data.dataset import load_rgb
-from aldar_lit.evaluation.config import EvalConfig, IdentityConfig
+from aldar_lit.evaluation.config import EvalConfig
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.statistics import Estimate, cluster_mean, cluster_totals, paired_difference
 from aldar_lit.evaluation.story_metrics import StoryScorers, load_csd, reference_views, storyboard_measures
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
-from aldar_lit.quality.face_identity import (ArcFaceOnnxEmbedder, DlibEmbedder, FaceIdentityEmbedder,
-                                            FaceModelUnavailable, IdentityFace, InsightFaceEmbedder,
-                                            VerificationRule, main_face)
+from aldar_lit.quality.face_identity import FaceIdentityEmbedder, IdentityFace, VerificationRule, main_face
 from aldar_lit.quality.faces import build_face_detector
 from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 from aldar_lit.quality.references import folder_references
@@ -103,31 +101,10 @@ class Scorers:
         return versions
 
 
-def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
-    """The configured backends that load; the others with the reason (an absent or corrupt model file).
-
-    Cheap next to generation, so evaluate.py calls it before generating: a broken backend is reported at once."""
-    loaded, unavailable = {}, {}
-    for name in cfg.backends:
-        try:
-            if name == "insightface":
-                loaded[name] = InsightFaceEmbedder(cfg.insightface_pack, cfg.insightface_root,
-                                                   cfg.insightface_det_size, device, cfg.arcface_same_person_cosine)
-            elif name == "arcface_onnx":
-                loaded[name] = ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample,
-                                                   same_person_cosine=cfg.arcface_same_person_cosine)
-            else:
-                loaded[name] = DlibEmbedder(upsample=cfg.dlib_upsample,
-                                            same_person_distance=cfg.dlib_same_person_distance)
-        except FaceModelUnavailable as err:
-            log.warning("face identity backend %s skipped: %s", name, err)
-            unavailable[name] = str(err)
-    return loaded, unavailable
-
-
 def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentityEmbedder],
                   unavailable: dict[str, str]) -> Scorers:
-    """CLIP and DINO, with the identity backends built (or found unavailable) by `build_identity_embedders`."""
+    """CLIP and DINO, with the identity backends built (or found unavailable) by
+    `quality.face_identity.build_identity_embedders`."""
     sc = cfg.scorer
     clip = ClipScorer(sc.clip_model, sc.clip_pretrained, device, sc.seed)
     dino = None

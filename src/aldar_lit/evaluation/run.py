@@ -20,10 +20,11 @@ from aldar_lit.data.captioning import API_KEY_ENV
 from aldar_lit.evaluation import report
 from aldar_lit.evaluation.config import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
-from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_identity_embedders, build_scorers, compare,
-                                          frames_of, load_reference_images, measure, measurement_row, summarise)
+from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
+                                          load_reference_images, measure, measurement_row, summarise)
 from aldar_lit.evaluation.vlm_judge import JudgeItem, JudgeReport, judge
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
+from aldar_lit.quality.face_identity import build_identity_embedders
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from aldar_lit.config import PREDICTION_TYPES, ModelConfig, PathsConfig, require, to_schema
+from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 
 MODES = ("baseline", "simple", "ref_guided")
 FACE_BACKENDS = ("haar", "mediapipe", "none")
 POSE_BACKENDS = ("mediapipe", "none")
 RANDOM_ADAPTERS = ("tiny",)
+IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
 
 
 @dataclass
@@ -162,15 +164,45 @@ class AutoFixConfig:
 
 
 @dataclass
+class IdentityConfig:
+    """Face identity backends (aldar_lit.quality.face_identity); one that cannot load is reported and skipped.
+
+    evaluate.py's `identity` and frame QA's `qa.identity` (which uses the first backend that loads)."""
+
+    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])
+    insightface_pack: str = "buffalo_l"
+    insightface_root: str = "~/.insightface"
+    insightface_det_size: int = 640
+    arcface_onnx_path: Optional[str] = None
+    dlib_upsample: int = 1  # HOG detector upsampling: 1 finds faces down to ~40 px
+    dlib_models_dir: Optional[str] = None  # dlib's .dat model files; None: those of the face-recognition-models wheel
+    # same-person thresholds of the verification rates, each backend's published rule (sources in face_identity.py)
+    dlib_same_person_distance: float = DLIB_SAME_PERSON_DISTANCE  # Euclidean, raw 128-d descriptors, below = same
+    arcface_same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE  # insightface and arcface_onnx, at least = same
+
+    def __post_init__(self) -> None:
+        for name in self.backends:
+            require(name in IDENTITY_BACKENDS, "identity.backends",
+                     f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
+        require(self.dlib_same_person_distance > 0, "identity.dlib_same_person_distance",
+                f"must be positive, got {self.dlib_same_person_distance}")
+        require(-1 < self.arcface_same_person_cosine < 1, "identity.arcface_same_person_cosine",
+                f"must be in (-1, 1), got {self.arcface_same_person_cosine}")
+        if "arcface_onnx" in self.backends:
+            require(bool(self.arcface_onnx_path), "identity.arcface_onnx_path", "the arcface_onnx backend needs a file")
+
+
+@dataclass
 class QAConfig:
     enabled: bool = True
     max_attempts: int = 3
     prompt_threshold: float = 0.22  # CLIP-T cosine (ViT-L/14); see conf/qa/default.yaml
-    identity_threshold: float = 0.70  # CLIP-I cosine of face crops to frame 1's face
+    identity_threshold: float = 0.70  # CLIP fallback only (no identity backend loads): CLIP-I of face crops
     min_face_fraction: float = 0.05  # face box height / image height below this: character too small
     clip: ClipQAConfig = field(default_factory=ClipQAConfig)
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     autofix: AutoFixConfig = field(default_factory=AutoFixConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)  # same person as frame 1: the first that loads
 
     def __post_init__(self) -> None:
         require(self.max_attempts >= 1, "qa.max_attempts", f"must be >= 1, got {self.max_attempts}")

@@ -67,7 +67,7 @@ def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequen
             f"<figcaption><b>{frame['index']}. {html.escape(frame['scene']['text'])}</b>"
             f"<p>seed {final['seed']} · CFG {final['guidance_scale']} · attempts {len(frame['attempts'])}"
             f" · adapters {html.escape(', '.join(frame['active_adapters']) or 'none')}</p>"
-            f"<p>CLIP-T {scores.get('prompt_clip_t')} · identity {scores.get('identity_clip_i')} · "
+            f"<p>CLIP-T {scores.get('prompt_clip_t')} · identity {scores.get('identity')} · "
             f"{html.escape(verdict)}</p>{warnings}</figcaption></figure>"
         )
     style = ("body{font-family:sans-serif;margin:2em}main{display:flex;flex-wrap:wrap;gap:1em}"

@@ -31,7 +31,7 @@ from aldar_lit.pipelines.shared_attention import SharedFrame, SharedTokens
 from aldar_lit.pipelines.stop_signals import Interrupted, stop_on_signals
 from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
-from aldar_lit.quality.frame_qa import FrameQA, QAReport
+from aldar_lit.quality.frame_qa import FrameQA, IdentityReference, QAReport
 from aldar_lit.quality.policy import Settings, next_attempt
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Storyboard:
         self.face_detector = face_detector
         self.record = record
         self.ip_reference: Optional[Image.Image] = None  # what the IP-Adapter sees (a face crop)
-        self.identity_reference: Optional[Image.Image] = None  # what QA compares faces with
+        self.identity_reference: Optional[IdentityReference] = None  # what QA compares faces with
         self.shared: Optional[SharedTokens] = None  # the anchor group's kept tokens (consistency.shared_attention)
 
     def keep_shared_tokens(self, plans: list[FramePlan]) -> None:
@@ -204,7 +204,9 @@ class Storyboard:
                 frame["warnings"].append(message)
             return
         self.ip_reference = crop_face(image, box, self.config.adapters.ip_adapter.face_margin)
-        self.identity_reference = self.qa.identity_crop(image, box) if self.qa is not None else None
+        self.identity_reference = self.qa.identity_reference(image, box) if self.qa is not None else None
+        if self.qa is not None and self.identity_reference is None:
+            self.record.warn(f"the identity backend finds no face in {source}: the identity check is skipped")
 
     def guidance_for(self, plan: FramePlan) -> Optional[RefGuidance]:
         if self.config.mode != "ref_guided" or self.ip_reference is None:
@@ -298,6 +300,8 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
     try:
         models = models or load_models(config)
         record.describe_models(models.generator)
+        if models.qa is not None:  # the identity check QA really runs: a backend, or CLIP and why
+            record.manifest["qa"]["identity"] = models.qa.identity.describe()
         record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

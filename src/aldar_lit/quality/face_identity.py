@@ -17,14 +17,19 @@ compare numbers only within one backend. Each backend also decides "same person"
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
 
+if TYPE_CHECKING:
+    from aldar_lit.pipelines.config import IdentityConfig
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # dlib's documented rule: "if two face descriptor vectors have a Euclidean distance between them less than 0.6 then
 # they are from the same person" (dlib.net/face_recognition.py.html, examples/dnn_face_recognition_ex.cpp)
@@ -263,3 +268,33 @@ class InsightFaceEmbedder:
             box = (x1, y1, max(0, min(rgb.shape[1], x2) - x1), max(0, min(rgb.shape[0], y2) - y1))
             faces.append(IdentityFace(box, unit(face.embedding), float(face.det_score)))
         return faces
+
+
+def build_identity_embedder(name: str, cfg: IdentityConfig, device: str = "cpu") -> FaceIdentityEmbedder:
+    """Backend `name` as `cfg` configures it; `FaceModelUnavailable` when its model files are absent or corrupt."""
+    models_dir = None if cfg.dlib_models_dir is None else Path(cfg.dlib_models_dir).expanduser()
+    if name == "insightface":
+        return InsightFaceEmbedder(cfg.insightface_pack, cfg.insightface_root, cfg.insightface_det_size, device,
+                                   cfg.arcface_same_person_cosine)
+    if name == "arcface_onnx":
+        return ArcFaceOnnxEmbedder(cfg.arcface_onnx_path or "", cfg.dlib_upsample, models_dir,
+                                   same_person_cosine=cfg.arcface_same_person_cosine)
+    return DlibEmbedder(upsample=cfg.dlib_upsample, models_dir=models_dir,
+                        same_person_distance=cfg.dlib_same_person_distance)
+
+
+def build_identity_embedders(cfg: IdentityConfig, device: str = "cpu",
+                             first_only: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """The configured backends that load (only the first one with `first_only`), and the others tried with the
+    reason they did not (an absent or corrupt model file)."""
+    loaded, unavailable = {}, {}
+    for name in cfg.backends:
+        try:
+            loaded[name] = build_identity_embedder(name, cfg, device)
+        except FaceModelUnavailable as err:
+            log.warning("face identity backend %s skipped: %s", name, err)
+            unavailable[name] = str(err)
+            continue
+        if first_only:
+            break
+    return loaded, unavailable

@@ -32,7 +32,7 @@ def select_references(paths: Sequence[Path], limit: int) -> list[Image.Image]:
 
 
 def folder_references(root: str | Path, limit: int) -> list[Image.Image]:
-    """`select_references` over the sorted image files under `root`; `DataError` naming it when it holds none or is missing."""
+    """`select_references` over the sorted image files under `root`; `DataError` naming it when it holds none."""
     path = Path(root).expanduser()
     files = list_image_files(path) if path.is_dir() else []
     if not files:

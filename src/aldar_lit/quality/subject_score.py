@@ -46,7 +46,7 @@ class SubjectScorer:
             metrics["clip_i"] = mean_reference_cosine(clip_embeds, self.clip_references)
         if self.dino_references is not None:
             metrics["dino"] = mean_reference_cosine(self.dino.embed_images(images), self.dino_references)
-        if self.weights and set(self.weights) <= set(metrics):  # linear: the mean of per-image scores is the score of the means
+        if self.weights and set(self.weights) <= set(metrics):  # linear: the mean of these is the score of the means
             metrics["score"] = weighted_score(metrics, self.weights)
         return metrics
 
