@@ -173,7 +173,9 @@ def test_sweep_dir_gives_rank_and_steps_table(tmp_path, tiny_model_dir, demo_dat
     rows = result["rows"]
     assert [r["lora_rank"] for r in rows] == [4, 8] and [r["global_step"] for r in rows] == [100, 200]
     assert all(isinstance(r["clip_i"], float) and -1 <= r["clip_i"] <= 1 for r in rows)
+    assert all(isinstance(r["score"], float) for r in rows)  # val/score's scorer, beside each run's best_score
     assert rows[0]["clip_t"] != rows[1]["clip_t"]  # different adapters, different frames
     table = (out_dir / "sweep_eval.md").read_text()
     assert "| 0 | lora.rank=4 | 4 | 100 |" in table and "| 1 | lora.rank=8 | 8 | 200 |" in table
+    assert "| best_score |" in table and "| score |" in table
     assert (out_dir / "sweep_eval.png").stat().st_size > 0 and (out_dir / "sweep_eval.csv").is_file()

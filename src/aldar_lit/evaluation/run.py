@@ -28,7 +28,7 @@ from aldar_lit.quality.face_identity import build_identity_embedders
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)
-SWEEP_METRICS = ("clip_t", "clip_i", "dino")
+SWEEP_METRICS = ("score", "clip_t", "clip_i", "dino")
 
 
 def judge_storyboards(cfg: EvalConfig, runs) -> tuple[list[dict[str, Any]], JudgeReport]:
@@ -143,14 +143,16 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
             row[f"{entry['metric']}_ci"] = f"[{report.fmt(entry['ci_low'])}, {report.fmt(entry['ci_high'])}]"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_text(out_dir / "sweep_eval.csv", report.to_csv(rows, columns))
-    shown = [c for c in ("run", "overrides", "lora_rank", "global_step", "best_step", "train_seconds",
+    shown = [c for c in ("run", "overrides", "lora_rank", "global_step", "best_step", "best_score", "train_seconds",
                          "peak_memory_bytes", "adapter_bytes", *SWEEP_METRICS) if c in columns]
     shown += [c for c in columns if c.startswith(("id_to_train/", "face_detected/"))]
     table = report.markdown_table(shown, [[report.fmt(r.get(c)) for c in shown] for r in rows])
     write_text(out_dir / "sweep_eval.md",
                       "\n".join([f"# Sweep evaluation: {sweep_dir}", "",
                                  f"Every run's LoRA in mode simple on the suite ({len(cfg.suite.seeds)} seeds); "
-                                 "scores are means over the suite's frames (CIs in sweep_eval.csv).", ""] + table) + "\n")
+                                 "scores are means over the suite's frames (CIs in sweep_eval.csv); score is the "
+                                 "scorer of best_score (train.py's val/score at best_step) on these frames.", ""]
+                                + table) + "\n")
     metrics = [m for m in (*SWEEP_METRICS, *(c for c in columns if c.startswith("id_to_train/")))
                if any(isinstance(r.get(m), float) and not math.isnan(r[m]) for r in rows)]
     report.plot_sweep(rows, metrics, out_dir / "sweep_eval.png")
