@@ -62,8 +62,8 @@ def test_missing_story_file_and_config_errors(tmp_path):
 class ChatServer:
     """An OpenAI-compatible /v1/chat/completions endpoint that records requests and answers `reply`."""
 
-    def __init__(self, reply: str, status: int = 200):
-        self.reply, self.status, self.requests = reply, status, []
+    def __init__(self, reply: str, status: int = 200, error: str = "model overloaded"):
+        self.reply, self.status, self.error, self.requests = reply, status, error, []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +71,7 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 if server.status != 200:
-                    payload = {"error": {"message": "model overloaded", "type": "server_error"}}
+                    payload = {"error": {"message": server.error, "type": "server_error"}}
                 else:
                     payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                                "choices": [{"index": 0, "finish_reason": "stop",
@@ -99,8 +99,8 @@ class ChatServer:
 def chat_server():
     servers = []
 
-    def start(reply: str, status: int = 200) -> ChatServer:
-        servers.append(ChatServer(reply, status))
+    def start(reply: str, status: int = 200, error: str = "model overloaded") -> ChatServer:
+        servers.append(ChatServer(reply, status, error))
         return servers[-1]
 
     yield start
@@ -135,6 +135,15 @@ def test_llm_errors_are_clear(chat_server, monkeypatch):
     empty = chat_server(json.dumps({"scenes": []}))
     with pytest.raises(StoryError, match="has no scenes"):
         split_story_with_llm("A story.", "t", LLMConfig(base_url=empty.url, max_retries=0))
+
+
+def test_llm_error_text_never_carries_the_key(chat_server, monkeypatch):
+    key = "sk-proj-REJECTED-4f9a7c"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    server = chat_server("", status=401, error=f"Incorrect API key provided: {key}.")  # as api.openai.com answers
+    with pytest.raises(StoryError, match="Incorrect API key provided") as caught:
+        split_story_with_llm("A story.", "t", LLMConfig(base_url=server.url, max_retries=0))
+    assert key not in str(caught.value) and caught.value.__cause__ is None  # the raw error is not chained either
 
 
 def test_without_a_key_the_tool_says_to_give_scenes(monkeypatch):

@@ -12,7 +12,9 @@ from typing import Any, Optional
 import yaml
 
 from aldar_lit.pipelines.config import LLMConfig, StoryConfig
-from aldar_lit.pipelines.poses import PoseError, get_pose, pose_names
+from aldar_lit.pipelines.poses import get_pose, pose_names
+from aldar_lit.quality.keypoints import PoseError
+from aldar_lit.redaction import scrub
 
 log = logging.getLogger(__name__)
 SCENE_KEYS = {"text", "pose", "seed", "guidance_scale"}
@@ -112,8 +114,9 @@ def split_story_with_llm(text: str, trigger: str, cfg: LLMConfig) -> list[Scene]
             temperature=0,
         )
     except openai.OpenAIError as err:
+        reason = scrub(str(err), [os.environ.get("OPENAI_API_KEY")])  # servers echo the key they rejected
         raise StoryError(f"story.llm: the request to {cfg.base_url or 'api.openai.com'} ({cfg.model}) failed: "
-                         f"{err}. Give the scenes directly with story.file=...") from err
+                         f"{reason}. Give the scenes directly with story.file=...") from None
     content = response.choices[0].message.content or ""
     try:
         data = json.loads(content)
