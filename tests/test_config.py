@@ -135,7 +135,7 @@ SECRET_OVERRIDES = [  # entry point, override, the environment variable the refu
     (["evaluate.py"], "++wandb.api_key", "WANDB_API_KEY"),
     (["-m", "aldar_lit.caption", "input_dir=."], "+api_key", "OPENAI_API_KEY"),
     (["-m", "aldar_lit.curate", "input_dir=.", "output_dir=kept"], "+hf_token", "HF_TOKEN"),
-    pytest.param(["infer.py"], "+story.llm.api_key", "OPENAI_API_KEY", marks=pytest.mark.slow),  # imports torch first
+    (["infer.py"], "+story.llm.api_key", "OPENAI_API_KEY"),
 ]
 
 
