@@ -17,7 +17,7 @@ from aldar_lit.pipelines.config import to_infer_config
 from aldar_lit.pipelines.shared_attention import SELF_ATTENTION, SharedFrame, SharedTokens
 from aldar_lit.pipelines.storyboard import load_models, plan_frames, render_storyboard
 from aldar_lit.pipelines.story import load_story
-from aldar_lit.quality.policy import Settings
+from aldar_lit.pipelines.retry_policy import Settings
 
 from fixtures_eval import tiny_arcface_onnx  # noqa: F401
 from fixtures_storyboard import TINY_GENERATION, compose_infer, tiny_lora_dir, write_story  # noqa: F401
@@ -250,6 +250,7 @@ def test_cost_benchmark_reports_each_group_size(tmp_path, tiny_model_dir):
                    check=True, capture_output=True, cwd=tmp_path, timeout=300)
     result = json.loads(out.read_text())
     one, two = result["groups"]
-    assert (one["group_size"], two["group_size"]) == (1, 2) and result["plain_frame_seconds"] > 0
+    assert (one["group_size"], two["group_size"]) == (1, 2) and result["plain_frame_peak_bytes"] > 0
     assert one["kept_bytes"] > 0 and two["kept_bytes"] == 2 * one["kept_bytes"]
-    assert all(row["record_seconds"] > 0 and row["frame_seconds"] > 0 for row in (one, two))
+    assert all(row["record_seconds"] > 0 and row["frame_seconds"] > 0 and row["plain_frame_seconds"] > 0
+               for row in (one, two))
