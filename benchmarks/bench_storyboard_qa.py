@@ -23,13 +23,13 @@ import torch
 
 from aldar_lit.config import ModelConfig, PathsConfig
 from aldar_lit.models.random_init import materialise_random_sdxl
-from aldar_lit.pipelines.config import ClipQAConfig, GenerationConfig, InferConfig, QAConfig, StoryConfig
+from aldar_lit.config.infer import ClipQAConfig, GenerationConfig, InferConfig, QAConfig, StoryConfig
 from aldar_lit.pipelines.generator import StoryboardGenerator
 from aldar_lit.pipelines.story import Scene
 from aldar_lit.pipelines.storyboard import FramePlan, Storyboard, StoryboardRecord
 from aldar_lit.quality.faces import build_face_detector
 from aldar_lit.quality.frame_qa import FrameQA
-from aldar_lit.quality.policy import Settings
+from aldar_lit.pipelines.retry_policy import Settings
 
 PROMPT = "aldar_kose_man walking across the golden steppe, 3d render"
 

@@ -8,9 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from aldar_lit.pipelines.poses import (KEYPOINT_NAMES, LIMBS, POSES, PoseError, get_pose, keypoints_from_mediapipe,
-                                       pose_names, render_openpose)
+from aldar_lit.pipelines.poses import LIMBS, POSES, get_pose, pose_names, render_openpose
 from aldar_lit.quality.body_pose import out_of_frame, pose_problem
+from aldar_lit.quality.keypoints import KEYPOINT_NAMES, PoseError, keypoints_from_mediapipe
 
 
 def test_library_has_the_story_poses():

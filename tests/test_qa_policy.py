@@ -7,12 +7,13 @@ from PIL import Image
 from skimage import data
 
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import AutoFixConfig, ClipQAConfig, IdentityConfig, QAConfig, to_infer_config
+from aldar_lit.config.infer import AutoFixConfig, ClipQAConfig, IdentityConfig, QAConfig, to_infer_config
 from aldar_lit.pipelines.storyboard import render_storyboard
 from aldar_lit.quality.face_identity import DLIB_SAME_PERSON_DISTANCE
 from aldar_lit.quality.frame_qa import FrameQA
-from aldar_lit.quality.policy import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, MULTIPLE_FACES, NO_FACE,
-                                      TOO_SMALL, Settings, face_failures, next_attempt, rank_key)
+from aldar_lit.pipelines.retry_policy import Settings, next_attempt
+from aldar_lit.quality.verdicts import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, MULTIPLE_FACES, NO_FACE,
+                                        TOO_SMALL, face_failures, rank_key)
 import fixtures_eval
 from fixtures_storyboard import TINY_GENERATION, compose_infer, write_story
 
@@ -164,7 +165,7 @@ def test_low_prompt_score_and_clip_identity_verdicts(frame_qa):
 
 
 def test_qa_in_an_evaluation_uses_the_evaluation_identity_backends(tmp_path):
-    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.config.evaluate import to_eval_config
     from aldar_lit.evaluation.generation import infer_config, suite_stories
     from test_evaluate import compose_evaluate
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import to_infer_config
+from aldar_lit.config.infer import to_infer_config
 from aldar_lit.pipelines.shared_attention import SELF_ATTENTION, SharedFrame, SharedTokens
 from aldar_lit.pipelines.storyboard import load_models, plan_frames, render_storyboard
 from aldar_lit.pipelines.story import load_story
@@ -191,7 +191,7 @@ def test_bad_settings_name_their_key(override, key, three_scene_story, tmp_path)
 
 @pytest.mark.parametrize("mode", ["simple+magic", "shared"])
 def test_evaluate_refuses_unknown_modes_naming_the_key(mode, tmp_path):
-    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.config.evaluate import to_eval_config
 
     from test_evaluate import compose_evaluate
 
@@ -206,7 +206,7 @@ def test_evaluate_compares_modes_with_and_without_sharing(tmp_path, tiny_model_d
     """evaluate.py with modes=[simple, simple+shared, ref_guided, ref_guided+shared] on the tiny model: the shared
     modes are generated with sharing, reported and compared beside the plain ones, and a manifest is reused only
     by a mode with the same sharing settings."""
-    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.config.evaluate import to_eval_config
     from aldar_lit.evaluation.generation import expected_manifest, infer_config, mismatches, suite_stories
     from aldar_lit.evaluation.run import run
 

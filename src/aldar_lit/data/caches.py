@@ -22,7 +22,7 @@ from torch import nn
 
 from aldar_lit.atomic_write import write_bytes
 from aldar_lit.data.images import DataError
-from aldar_lit.training.conditioning import encode_prompts
+from aldar_lit.models.conditioning import encode_prompts
 
 if TYPE_CHECKING:
     from aldar_lit.data.dataset import CaptionedImageDataset

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from aldar_lit.data.dataset import load_rgb
-from aldar_lit.evaluation.config import EvalConfig
+from aldar_lit.config.evaluate import EvalConfig
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.statistics import Estimate, cluster_mean, cluster_totals, paired_difference
 from aldar_lit.evaluation.story_metrics import StoryScorers, load_csd, reference_views, storyboard_measures
@@ -25,7 +25,7 @@ from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.dino_scorer import DinoScorer
 from aldar_lit.quality.face_identity import FaceIdentityEmbedder, IdentityFace, VerificationRule, main_face
 from aldar_lit.quality.faces import build_face_detector
-from aldar_lit.quality.policy import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
+from aldar_lit.quality.verdicts import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 from aldar_lit.quality.references import folder_references
 from aldar_lit.quality.subject_score import SubjectScorer
 

@@ -14,13 +14,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-Keypoint = tuple[float, float] | None
+from aldar_lit.quality.keypoints import KEYPOINT_NAMES, Keypoint, PoseError, check_keypoints
 
-KEYPOINT_NAMES = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)
 # OpenPose limb sequence (0-based keypoint pairs) and colours (joint i and limb i share colour i), as drawn by
 # controlnet_aux's `open_pose.util.draw_bodypose`: tests/test_pose_library.py compares the two renderings.
 LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12), (12, 13),
@@ -28,10 +23,6 @@ LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10)
 COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
            (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
            (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
-
-
-class PoseError(ValueError):
-    """An unknown pose name or a malformed keypoint set."""
 
 
 def _pose(head: tuple[float, float], **joints: tuple[float, float] | None) -> tuple[Keypoint, ...]:
@@ -96,14 +87,6 @@ def get_pose(name: str, key: str = "pose") -> tuple[Keypoint, ...]:
     return POSES[name]
 
 
-def check_keypoints(keypoints: Sequence[Keypoint]) -> None:
-    if len(keypoints) != len(KEYPOINT_NAMES):
-        raise PoseError(f"a pose needs {len(KEYPOINT_NAMES)} COCO-18 keypoints, got {len(keypoints)}")
-    for name, point in zip(KEYPOINT_NAMES, keypoints):
-        if point is not None and not all(math.isfinite(c) for c in point):
-            raise PoseError(f"keypoint {name} is not finite: {point}")
-
-
 def render_openpose(keypoints: Sequence[Keypoint], width: int, height: int) -> Image.Image:
     """An OpenPose-style control image (RGB, black background) of one figure."""
     check_keypoints(keypoints)
@@ -140,26 +123,3 @@ def _ellipse(a: tuple[float, float], b: tuple[float, float], half_width: float, 
         ex, ey = half_length * math.cos(t), half_width * math.sin(t)
         points.append((cx + ex * cos - ey * sin, cy + ex * sin + ey * cos))
     return points
-
-
-# MediaPipe's 33 pose landmarks -> COCO-18 (the neck is the shoulders' midpoint).
-MEDIAPIPE_TO_COCO = {"nose": 0, "right_eye": 5, "left_eye": 2, "right_ear": 8, "left_ear": 7,
-                     "right_shoulder": 12, "left_shoulder": 11, "right_elbow": 14, "left_elbow": 13,
-                     "right_wrist": 16, "left_wrist": 15, "right_hip": 24, "left_hip": 23,
-                     "right_knee": 26, "left_knee": 25, "right_ankle": 28, "left_ankle": 27}
-
-
-def keypoints_from_mediapipe(landmarks: Sequence[tuple[float, float, float]], min_visibility: float = 0.5
-                             ) -> tuple[Keypoint, ...]:
-    """COCO-18 keypoints from MediaPipe's 33 (x, y, visibility) landmarks (a pose from a reference image)."""
-    if len(landmarks) != 33:
-        raise PoseError(f"MediaPipe pose landmarks come in 33, got {len(landmarks)}")
-
-    def point(index: int) -> Keypoint:
-        x, y, visibility = landmarks[index]
-        return (x, y) if visibility >= min_visibility else None
-
-    coco = {name: point(index) for name, index in MEDIAPIPE_TO_COCO.items()}
-    right, left = coco["right_shoulder"], coco["left_shoulder"]
-    coco["neck"] = None if right is None or left is None else ((right[0] + left[0]) / 2, (right[1] + left[1]) / 2)
-    return tuple(coco[name] for name in KEYPOINT_NAMES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 
-from aldar_lit.pipelines.config import LLMConfig, StoryConfig
+from aldar_lit.config.infer import LLMConfig, StoryConfig
 from aldar_lit.pipelines.poses import get_pose, pose_names
 from aldar_lit.quality.keypoints import PoseError
 from aldar_lit.redaction import scrub
@@ -79,10 +81,33 @@ def parse_scenes(items: Any, where: str) -> list[Scene]:
     return scenes
 
 
-def load_scene_file(path: str | os.PathLike) -> list[Scene]:
+def config_tree_root() -> Path | None:
+    """The folder that holds the running Hydra app's config tree (conf/), or None outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return None
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.provider == "main" and source.schema == "file":
+            return Path(source.path).parent
+        if source.provider == "main" and source.schema == "pkg":
+            spec = importlib.util.find_spec(source.path)
+            return Path(next(iter(spec.submodule_search_locations))).parent if spec else None
+    return None
+
+
+def find_scene_file(path: str | os.PathLike) -> Path:
+    """A relative path is looked up from the working directory, then beside the config tree, so the default
+    `conf/story/aldar_kose.yaml` is found wherever the tool is run from."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise StoryError(f"story.file: no such file {str(path)!r}")
+    root = config_tree_root()
+    tried = [path] if path.is_absolute() or root is None else [path, root / path]
+    found = next((candidate for candidate in tried if candidate.is_file()), None)
+    if found is None:
+        raise StoryError(f"story.file: no such file {' nor '.join(repr(str(p)) for p in tried)}")
+    return found
+
+
+def load_scene_file(path: str | os.PathLike) -> list[Scene]:
+    path = find_scene_file(path)
     try:
         data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
     except (json.JSONDecodeError, yaml.YAMLError) as err:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from aldar_lit.atomic_write import write_json
 from aldar_lit.data.dataset import load_rgb
-from aldar_lit.pipelines.config import InferConfig, to_infer_config
+from aldar_lit.config.infer import InferConfig, to_infer_config
 from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, adapter_card_prediction_type,
                                            base_unet_config, check_adapters_fit, check_lora_dir, materialise_adapters,
                                            resolve_device)
@@ -32,7 +32,7 @@ from aldar_lit.pipelines.stop_signals import Interrupted, stop_on_signals
 from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
 from aldar_lit.quality.frame_qa import FrameQA, IdentityReference, QAReport
-from aldar_lit.quality.policy import Settings, next_attempt
+from aldar_lit.pipelines.retry_policy import Settings, next_attempt
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Body-pose checks for QA: MediaPipe Tasks PoseLandmarker (a `.task` model the user downloads) and a
-plausibility test on COCO-18 keypoints (the layout of `aldar_lit.pipelines.poses`)."""
+plausibility test on COCO-18 keypoints (`aldar_lit.quality.keypoints`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from aldar_lit.pipelines.poses import KEYPOINT_NAMES, Keypoint, keypoints_from_mediapipe
+from aldar_lit.quality.keypoints import KEYPOINT_NAMES, Keypoint, keypoints_from_mediapipe
 from aldar_lit.quality.mediapipe_tasks import base_options, to_mediapipe_image
 
 REQUIRED = ("nose", "neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip")

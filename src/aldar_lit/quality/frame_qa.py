@@ -14,13 +14,13 @@ from typing import Any, Optional, Union
 import torch
 from PIL import Image
 
-from aldar_lit.pipelines.config import QAConfig
+from aldar_lit.config.infer import QAConfig
 from aldar_lit.quality.body_pose import MediaPipePoseDetector, out_of_frame, pose_problem
 from aldar_lit.quality.clip_scorer import ClipScorer
 from aldar_lit.quality.face_identity import FaceIdentityEmbedder, IdentityFace, build_identity_embedders, main_face
 from aldar_lit.quality.faces import FaceBox, FaceDetector, build_face_detector, crop_face, largest
-from aldar_lit.quality.policy import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, face_failures,
-                                     rank_key)
+from aldar_lit.quality.verdicts import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, face_failures,
+                                       rank_key)
 
 IDENTITY_CROP_MARGIN = 0.2
 IdentityReference = Union[IdentityFace, Image.Image]  # a backend's face of the reference, or its CLIP face crop

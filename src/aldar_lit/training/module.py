@@ -16,7 +16,7 @@ from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConf
 from aldar_lit.models.compilation import compile_parts
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import TE1, TE2, UNET, adapted_layers, attach_lora, uncast_adapter_inputs
-from aldar_lit.training.conditioning import encode_prompts, time_ids
+from aldar_lit.models.conditioning import encode_prompts, time_ids
 from aldar_lit.training.objective import denoising_loss
 
 
