@@ -98,3 +98,76 @@ def test_rank_multirun_on_the_tiny_model(tmp_path, cache_dir):
         assert (run_dir / "validation" / f"step={best['step']:06d}" / "grid.png").is_file()
     assert int(rows[1]["trainable_params"]) == 2 * int(rows[0]["trainable_params"])
     assert (sweep_dir / "sweep_summary.md").is_file() and (sweep_dir / "sweep_summary.png").is_file()
+
+
+SMOKE = ["model=tiny", "data=demo", "trainer=cpu", "scorer=tiny", "logger=csv", "data.resolution=32",
+         "data.num_workers=0", "data.demo.num_images=8", "data.demo.size=64", "validation.every_n_steps=2",
+         "validation.num_inference_steps=2", "validation.seeds=[0]"]
+
+
+def test_lr_search_composes_an_optuna_tpe_study_stored_in_the_sweep_dir():
+    from hydra import compose, initialize_config_dir
+
+    from aldar_lit.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=lr_search", "hydra.sweep.dir=/sweeps/lr"],
+                      return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert (sweeper.direction, sweeper.study_name, sweeper.storage) == ("maximize", "lr_search",
+                                                                          "sqlite:////sweeps/lr/optuna.db")
+    assert dict(sweeper.params) == {"optim.unet_lr": "tag(log, interval(1e-5, 1e-3))",
+                                    "optim.text_encoder_lr": "tag(log, interval(5e-6, 5e-4))",
+                                    "lora.rank": "choice(8, 16, 32, 64)",
+                                    "trainer.max_steps": "choice(400, 800, 1200)"}
+    assert cfg.optimized_metric == "val/score" and cfg.validation.enabled
+    assert cfg.lora.alpha == cfg.lora.rank
+
+
+def test_optuna_sweep_summary_marks_the_studys_best_trial(tmp_path):
+    import optuna
+
+    study = optuna.create_study(study_name="lr_search", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                direction="maximize")
+    for job, (lr, best) in enumerate([(1e-4, 0.5), (3e-4, 0.7), (2e-5, 0.6)]):
+        trial = study.ask()
+        trial.suggest_float("optim.unet_lr", 1e-5, 1e-3, log=True)
+        study.tell(trial, best)
+        fake_run(tmp_path, f"2026-01-01_00-00-0{job}-{job}", [f"optim.unet_lr={trial.params['optim.unet_lr']}",
+                                                              "experiment=lr_search"], summary(4, best, 2))
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # a crashed trial: no run dir with a summary
+    paths = write_sweep_summary(tmp_path)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [(r["trial"], r["best_trial"], r["best_score"]) for r in rows] == [("0", "", "0.5"), ("1", "yes", "0.7"),
+                                                                              ("2", "", "0.6")]
+    markdown = paths["md"].read_text()
+    assert "Optuna study `lr_search` (maximize): 4 trials, 3 complete, 1 fail." in markdown
+    assert "Best run: `2026-01-01_00-00-01-1` (trial 1, optim.unet_lr=" in markdown
+
+
+@pytest.mark.slow
+def test_optuna_lr_search_on_the_tiny_model_continues_its_study(tmp_path, cache_dir):
+    """Three TPE trials, then the same command again with one more: the study in the sweep dir grows to four."""
+    import optuna
+
+    sweep_dir = tmp_path / "search"
+    command = [sys.executable, "train.py", "-m", "experiment=lr_search", *SMOKE, "trainer.max_steps=choice(4,6)",
+               "lora.rank=choice(2,4)", f"hydra.sweep.dir={sweep_dir}"]
+    for n_trials, expected in ((3, 3), (1, 4)):
+        result = subprocess.run([*command, f"hydra.sweeper.n_trials={n_trials}"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        study = optuna.load_study(study_name="lr_search", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * expected
+        rows = list(csv.DictReader((sweep_dir / "sweep_summary.csv").open()))
+        assert [int(r["trial"]) for r in rows] == list(range(expected))  # a continued study adds runs, none overwritten
+        assert [r["trial"] for r in rows if r["best_trial"] == "yes"] == [str(study.best_trial.number)]
+        for row, trial in zip(rows, study.trials):
+            assert float(row["best_score"]) == pytest.approx(trial.value)  # the value train.py returned: val/score
+            assert int(row["lora_rank"]) == trial.params["lora.rank"]
+            assert 1e-5 <= trial.params["optim.unet_lr"] <= 1e-3
+    assert f"Best run: `{rows[study.best_trial.number]['run']}` (trial {study.best_trial.number}," in (
+        sweep_dir / "sweep_summary.md").read_text()

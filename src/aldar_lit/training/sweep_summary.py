@@ -1,5 +1,8 @@
 """A sweep's report: one row per run (overrides, best score and step, cost), as CSV, Markdown and a plot.
 
+For an Optuna search (experiment=lr_search: the study in <sweep dir>/optuna.db) each row also names its trial,
+and the study's best trial is the one marked.
+
 Runs after a Hydra multirun through `SweepSummaryCallback` (conf/hydra/default.yaml), or by hand:
     python -m aldar_lit.training.sweep_summary multirun/train/2026-01-01_12-00-00
 """
@@ -23,6 +26,7 @@ from aldar_lit.atomic_write import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
+OPTUNA_STORAGE = "optuna.db"  # experiment=lr_search's hydra.sweeper.storage
 COLUMNS = ("run", "overrides", "best_score", "best_step", "global_step", "train_seconds", "peak_memory_bytes",
            "adapter_bytes", "trainable_params", "lora_rank")
 
@@ -52,6 +56,24 @@ def swept_overrides(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
     return {k: values for k, values in axes.items() if len(set(values)) > 1}
 
 
+def optuna_trials(sweep_dir: Path, runs: list[dict[str, Any]]) -> tuple[list[int | None], int | None, str] | None:
+    """Each run's trial number in the sweep's Optuna study (matched by the trial's parameters, which the sweeper
+    passed as the run's overrides), the best trial's number and a one-line account of the study; None without one."""
+    database = sweep_dir / OPTUNA_STORAGE
+    if not database.is_file():
+        return None
+    import optuna  # only for an Optuna sweep
+
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{database.resolve()}")
+    trial_of = {frozenset(f"{k}={v}" for k, v in trial.params.items()): trial.number for trial in study.trials}
+    numbers = [next((n for params, n in trial_of.items() if params <= set(run["overrides"])), None) for run in runs]
+    states = [trial.state.name.lower() for trial in study.trials]
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial.number if complete else None
+    counts = ", ".join(f"{states.count(state)} {state}" for state in dict.fromkeys(states))
+    return numbers, best, f"Optuna study `{study.study_name}` ({study.direction.name.lower()}): {len(states)} trials, {counts}"
+
+
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     axes = swept_overrides(runs)
     rows = []
@@ -78,22 +100,30 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
+def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
-def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path) -> str:
-    best = max((r for r in rows if r["best_score"] is not None), key=lambda r: r["best_score"], default=None)
+def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path, columns: tuple[str, ...] = COLUMNS,
+                study: str | None = None) -> str:
+    """With `study` (an Optuna sweep), the best run is the study's best trial (the `best_trial` column)."""
+    if study is None:
+        best = max((r for r in rows if r["best_score"] is not None), key=lambda r: r["best_score"], default=None)
+    else:
+        best = next((r for r in rows if r["best_trial"]), None)
     lines = [f"# Sweep summary: {sweep_dir}", ""]
+    if study is not None:
+        lines += [f"{study}.", ""]
     if best is not None:
-        lines += [f"Best run: `{best['run']}` ({best['overrides'] or 'no overrides'}), val/score "
+        trial = "" if study is None else f"trial {best['trial']}, "
+        lines += [f"Best run: `{best['run']}` ({trial}{best['overrides'] or 'no overrides'}), val/score "
                   f"{best['best_score']:.4f} at step {best['best_step']}.", ""]
-    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -135,10 +165,16 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
     if not runs:
         raise FileNotFoundError(f"{sweep_dir}: no run directory with a summary.json")
     rows = summary_rows(runs)
+    columns, study = COLUMNS, optuna_trials(sweep_dir, runs)
+    if study is not None:
+        numbers, best, description = study
+        for row, number in zip(rows, numbers):
+            row.update(trial=number, best_trial="yes" if number is not None and number == best else "")
+        columns = ("run", "trial", "best_trial", *COLUMNS[1:])
     paths = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md",
              "png": sweep_dir / "sweep_summary.png"}
-    write_text(paths["csv"], to_csv(rows))
-    write_text(paths["md"], to_markdown(rows, sweep_dir))
+    write_text(paths["csv"], to_csv(rows, columns))
+    write_text(paths["md"], to_markdown(rows, sweep_dir, columns, study and description))
     plot(runs, rows, paths["png"])
     return paths
 
@@ -149,6 +185,8 @@ class SweepSummaryCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # W&B reads the group from the environment; jobs inherit it (same process or child processes).
         os.environ.setdefault("WANDB_RUN_GROUP", f"{config.hydra.job.name}-{Path(config.hydra.sweep.dir).name}")
+        # the Optuna sweeper opens its SQLite study (<sweep dir>/optuna.db) before the launcher makes the folder
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
