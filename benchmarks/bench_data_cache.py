@@ -25,8 +25,8 @@ import torch
 
 from aldar_lit.config import DataConfig, LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
-from aldar_lit.data.demo_character import generate_demo_dataset
-from aldar_lit.models.random_init import materialise_random_sdxl
+from aldar_lit.offline.demo_character import generate_demo_dataset
+from aldar_lit.offline.random_init import materialise_random_sdxl
 from aldar_lit.training.module import SDXLLoRAModule
 
 OPTIM = OptimConfig(

@@ -29,7 +29,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from aldar_lit.config import ModelConfig
-from aldar_lit.models.random_init import materialise_random_sdxl
+from aldar_lit.offline.random_init import materialise_random_sdxl
 from aldar_lit.config.infer import AdaptersConfig, ConsistencyConfig, LoraSourceConfig
 from aldar_lit.pipelines.generator import StoryboardGenerator
 from aldar_lit.pipelines.shared_attention import SharedFrame, SharedTokens

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from aldar_lit.config import ModelConfig, PathsConfig
-from aldar_lit.models.random_init import materialise_random_sdxl
+from aldar_lit.offline.random_init import materialise_random_sdxl
 from aldar_lit.config.infer import ClipQAConfig, GenerationConfig, InferConfig, QAConfig, StoryConfig
 from aldar_lit.pipelines.generator import StoryboardGenerator
 from aldar_lit.pipelines.story import Scene

@@ -50,7 +50,7 @@ from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConf
 from aldar_lit.models.compilation import repeated_blocks, set_activation_memory_budget
 from aldar_lit.models.lora import UNET
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.saved_activations import SavedActivations
+from saved_activations import SavedActivations
 
 OPTIMIZERS = {
     "adamw": {"_target_": "torch.optim.AdamW", "_partial_": True},

@@ -28,7 +28,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(cache_dir: Path) -> Path:
     """The tiny SDXL-architecture model as a diffusers folder, where `model=tiny` looks for it."""
-    from aldar_lit.models.random_init import materialise_random_sdxl
+    from aldar_lit.offline.random_init import materialise_random_sdxl
 
     return materialise_random_sdxl("tiny", 0, cache_dir / "models" / "tiny-sdxl-seed0")
 
@@ -36,7 +36,7 @@ def tiny_model_dir(cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_data_dir(cache_dir: Path) -> Path:
     """Eight demo-character images with captions, 64 px."""
-    from aldar_lit.data.demo_character import generate_demo_dataset
+    from aldar_lit.offline.demo_character import generate_demo_dataset
 
     return generate_demo_dataset(cache_dir / "data" / "demo-test", num_images=8, size=64, seed=0)
 

@@ -15,9 +15,9 @@ from PIL import Image, ImageEnhance, ImageFilter
 from aldar_lit.config import ConfigError
 from aldar_lit.data.curation import balance_category, curate, greyscale, hamming, perceptual_hash
 from aldar_lit.data.dataset import scan_folder
-from aldar_lit.data.demo_character import generate_demo_dataset
+from aldar_lit.offline.demo_character import generate_demo_dataset
 from aldar_lit.config import to_schema
-from aldar_lit.data.prep_config import CurateConfig, register_prep_configs
+from aldar_lit.config.prep import CurateConfig, register_prep_configs
 
 REPO = Path(__file__).resolve().parents[1]
 

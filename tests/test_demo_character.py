@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aldar_lit.data.demo_character import BACKGROUNDS, POSES, SHOTS, VIEWS, generate_demo_dataset
+from aldar_lit.offline.demo_character import BACKGROUNDS, POSES, SHOTS, VIEWS, generate_demo_dataset
 
 HAT, SKIN = (166, 102, 50), (226, 174, 128)  # constant identity colours of the drawing
 

@@ -21,7 +21,7 @@ from aldar_lit.config import LoraConfig
 from aldar_lit.models.export import KOHYA_WEIGHTS, export_lora, ldm_unet_module
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import attach_lora
-from aldar_lit.models.random_init import spec_dir
+from aldar_lit.offline.random_init import spec_dir
 
 
 def perturbed_lora(tiny_model_config, cfg: LoraConfig):

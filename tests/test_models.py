@@ -11,7 +11,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from aldar_lit.config import ConfigError, ModelConfig
 from aldar_lit.models.loading import load_sdxl
-from aldar_lit.models.random_init import SPEC_ROOT, materialise_random_sdxl
+from aldar_lit.offline.random_init import SPEC_ROOT, materialise_random_sdxl
 from aldar_lit.models.tokenizer import build_clip_tokenizer
 
 

@@ -25,10 +25,10 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from aldar_lit.config import register_configs, to_schema, to_train_config
-from aldar_lit.data.demo_character import generate_demo_dataset
-from aldar_lit.data.prep_config import CaptionConfig, CurateConfig, register_prep_configs
-from aldar_lit.evaluation.config import register_evaluate_configs, to_eval_config
-from aldar_lit.pipelines.config import register_infer_configs, to_infer_config
+from aldar_lit.offline.demo_character import generate_demo_dataset
+from aldar_lit.config.prep import CaptionConfig, CurateConfig, register_prep_configs
+from aldar_lit.config.evaluate import register_evaluate_configs, to_eval_config
+from aldar_lit.config.infer import register_infer_configs, to_infer_config
 from conftest import REPO_ROOT
 from fixtures_openai import serve  # noqa: F401
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from aldar_lit.artifacts import read_adapter_card, write_adapter_card
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import to_infer_config
+from aldar_lit.config.infer import to_infer_config
 from aldar_lit.pipelines.generator import AdapterError
 from aldar_lit.pipelines.storyboard import load_models, make_storyboard, render_storyboard
 from aldar_lit.pipelines.story import StoryError
@@ -204,7 +204,7 @@ def test_infer_script_writes_the_storyboard(tiny_model_dir, tiny_lora_dir, cache
 
 def test_frames_made_before_a_failure_are_kept(tiny_model_dir, tiny_lora_dir, two_scene_story, tmp_path, cache_dir):
     """A ControlNet whose weights file is broken fails when loaded, after frame 1: frame 1 and the manifest stay."""
-    from aldar_lit.pipelines.tiny_adapters import materialise_tiny_controlnet
+    from aldar_lit.offline.tiny_adapters import materialise_tiny_controlnet
 
     good = materialise_tiny_controlnet(tiny_model_dir, cache_dir / "adapters" / "tiny-controlnet-openpose-seed0")
     broken = tmp_path / "broken-controlnet"
@@ -245,7 +245,7 @@ def test_bad_inputs_fail_before_any_frame(tiny_model_dir, tiny_lora_dir, two_sce
 
 def test_adapters_for_another_base_model_are_refused(tiny_model_dir, tiny_lora_dir, two_scene_story, tmp_path,
                                                     cache_dir):
-    from aldar_lit.pipelines.tiny_adapters import (IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS,
+    from aldar_lit.offline.tiny_adapters import (IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS,
                                                    materialise_tiny_controlnet, materialise_tiny_ip_adapter)
 
     wide = {k: torch.zeros(v.shape[0], v.shape[1] * 2) if ".down." in k else v

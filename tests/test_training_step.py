@@ -14,7 +14,7 @@ from aldar_lit.config import DataConfig, LoraConfig, ObjectiveConfig, OptimConfi
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.models.compilation import repeated_blocks, set_activation_memory_budget
 from aldar_lit.training.module import SDXLLoRAModule
-from aldar_lit.training.saved_activations import SavedActivations
+from saved_activations import SavedActivations
 
 ADAMW = {"_target_": "torch.optim.AdamW", "_partial_": True}
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}

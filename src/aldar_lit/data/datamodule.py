@@ -75,7 +75,7 @@ class CaptionedImageDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.cfg.demo is not None:
-            from aldar_lit.data.demo_character import generate_demo_dataset
+            from aldar_lit.offline.demo_character import generate_demo_dataset
 
             demo = self.cfg.demo
             generate_demo_dataset(self.root, demo.num_images, demo.size, demo.seed, self.cfg.trigger)

@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from aldar_lit.config import ModelConfig
-from aldar_lit.models.random_init import build_random_sdxl, materialise_random_sdxl
+from aldar_lit.offline.random_init import build_random_sdxl, materialise_random_sdxl
 
 
 @dataclass

@@ -22,11 +22,11 @@ from aldar_lit.artifacts import ADAPTER_CARD, read_adapter_card
 from aldar_lit.config import ModelConfig
 from aldar_lit.models.export import DIFFUSERS_WEIGHTS
 from aldar_lit.models.loading import load_sdxl, resolve_pretrained, torch_dtype
-from aldar_lit.models.random_init import spec_dir
+from aldar_lit.offline.random_init import spec_dir
 from aldar_lit.config.infer import AdaptersConfig, LoraSourceConfig
 from aldar_lit.pipelines.lora_fit import LoraFit, lora_fit
 from aldar_lit.pipelines.shared_attention import SharedFrame, SharedTokens
-from aldar_lit.pipelines.tiny_adapters import materialise_tiny_controlnet, materialise_tiny_ip_adapter
+from aldar_lit.offline.tiny_adapters import materialise_tiny_controlnet, materialise_tiny_ip_adapter
 from aldar_lit.pipelines.retry_policy import Settings
 
 log = logging.getLogger(__name__)
