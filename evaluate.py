@@ -8,13 +8,15 @@ from omegaconf import DictConfig
 
 from aldar_lit.evaluation.config import register_evaluate_configs
 from aldar_lit.redaction import refuse_secret_overrides
+from aldar_lit.user_errors import reported_briefly
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     from aldar_lit.evaluation.run import run  # torch loads only for a job: --help and --cfg are quick
 
-    run(cfg)
+    with reported_briefly():
+        run(cfg)
 
 
 if __name__ == "__main__":

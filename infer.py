@@ -7,13 +7,15 @@ from omegaconf import DictConfig
 
 from aldar_lit.pipelines.config import register_infer_configs
 from aldar_lit.redaction import refuse_secret_overrides
+from aldar_lit.user_errors import reported_briefly
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
 def main(cfg: DictConfig) -> float:
     from aldar_lit.pipelines.storyboard import run  # torch loads only for a job: --help and --cfg are quick
 
-    return run(cfg)
+    with reported_briefly():
+        return run(cfg)
 
 
 if __name__ == "__main__":

@@ -206,8 +206,6 @@ def test_readme_resume_exports_the_uninterrupted_runs_best_adapter(quickstart, r
     assert all(torch.allclose(adapter[k], reference[k], atol=1e-5) for k in reference)
 
 
-@pytest.mark.xfail(strict=False, reason="helper B: story.file's default conf/story/aldar_kose.yaml is read relative "
-                                        "to the working directory, so infer.py fails outside the repository")
 def test_readme_offline_inference_on_the_quickstart_adapter(quickstart) -> None:
     outputs = quickstart.parent.parent
     (outputs / "infer").mkdir(exist_ok=True)

@@ -12,13 +12,15 @@ from omegaconf import DictConfig
 
 from aldar_lit.data.prep_config import register_prep_configs
 from aldar_lit.redaction import refuse_secret_overrides
+from aldar_lit.user_errors import reported_briefly
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="caption")
 def main(cfg: DictConfig) -> None:
     from aldar_lit.data.captioning import run_captioning  # openai loads only for a job: --help and --cfg are quick
 
-    report = run_captioning(cfg)
+    with reported_briefly():
+        report = run_captioning(cfg)
     if report.failures:  # a scheduler or a `&&` chain must not take a partly captioned folder for a finished one
         raise SystemExit(f"error: {len(report.failures)} of {report.images} images failed; the report lists each "
                          "and why")

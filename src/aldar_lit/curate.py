@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 from aldar_lit.data.curation import run_curation
 from aldar_lit.data.prep_config import register_prep_configs
 from aldar_lit.redaction import refuse_secret_overrides
+from aldar_lit.user_errors import reported_briefly
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    run_curation(cfg)
+    with reported_briefly():
+        run_curation(cfg)
 
 
 if __name__ == "__main__":
