@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from aldar_lit.evaluation.config import register_evaluate_configs
+from aldar_lit.config.evaluate import register_evaluate_configs
 from aldar_lit.redaction import refuse_secret_overrides
 from aldar_lit.user_errors import reported_briefly
 

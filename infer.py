@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from aldar_lit.pipelines.config import register_infer_configs
+from aldar_lit.config.infer import register_infer_configs
 from aldar_lit.redaction import refuse_secret_overrides
 from aldar_lit.user_errors import reported_briefly
 

@@ -50,7 +50,7 @@ def compose_infer(overrides: list[str]):
     """conf/infer.yaml composed with `overrides`, as infer.py would see it (output_dir set explicitly)."""
     from hydra import compose, initialize_config_dir
 
-    from aldar_lit.pipelines.config import register_infer_configs
+    from aldar_lit.config.infer import register_infer_configs
 
     register_infer_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):

@@ -15,7 +15,7 @@ from PIL import Image
 from aldar_lit.config import ConfigError
 from aldar_lit.data.captioning import caption_folder, image_tokens
 from aldar_lit.config import to_schema
-from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs
+from aldar_lit.config.prep import CaptionConfig, register_prep_configs
 from aldar_lit.redaction import scrub
 from fixtures_openai import colour_of_request, completion, describe, serve  # noqa: F401
 

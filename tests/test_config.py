@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_schema, to_train_config
-from aldar_lit.data.prep_config import CaptionConfig, register_prep_configs
-from aldar_lit.evaluation.config import register_evaluate_configs, to_eval_config
-from aldar_lit.pipelines.config import register_infer_configs, to_infer_config
+from aldar_lit.config.prep import CaptionConfig, register_prep_configs
+from aldar_lit.config.evaluate import register_evaluate_configs, to_eval_config
+from aldar_lit.config.infer import register_infer_configs, to_infer_config
 from aldar_lit.redaction import secret_overrides
 from conftest import REPO_ROOT
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aldar_lit.config import ConfigError
-from aldar_lit.evaluation.config import IdentityConfig
+from aldar_lit.config.evaluate import IdentityConfig
 from aldar_lit.evaluation.generation import ManifestError, StoryboardRun, collect_storyboards
 from aldar_lit.evaluation.metrics import Scorers, measure, summarise
 from aldar_lit.evaluation.run import evaluate_sweep
@@ -19,7 +19,7 @@ from test_evaluate import PROMPTS, compose_evaluate
 
 
 def eval_config(tmp_path: Path, *extra: str):
-    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.config.evaluate import to_eval_config
 
     return to_eval_config(compose_evaluate([
         "model=tiny", "adapters=tiny", "qa=tiny", "scorer=tiny", f"lora.path={tmp_path / 'lora'}",

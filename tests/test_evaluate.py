@@ -22,7 +22,7 @@ PROMPTS = ["aldar_kose_man smiling at the camera", "aldar_kose_man riding a hors
 def compose_evaluate(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from aldar_lit.evaluation.config import register_evaluate_configs
+    from aldar_lit.config.evaluate import register_evaluate_configs
 
     register_evaluate_configs()
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):

@@ -6,7 +6,7 @@ from PIL import Image
 from skimage import data
 
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import DetectorConfig
+from aldar_lit.config.infer import DetectorConfig
 from aldar_lit.quality.faces import FaceBox, HaarFaceDetector, MediaPipeFaceDetector, build_face_detector, crop_face
 
 

@@ -71,7 +71,7 @@ def test_arcface_rule_is_insightfaces_own_decision(tiny_arcface_onnx):
     from insightface.gui.core.constants import DEFAULT_THRESHOLD
     from insightface.gui.core.recognition import compare_embeddings
 
-    from aldar_lit.evaluation.config import IdentityConfig
+    from aldar_lit.config.evaluate import IdentityConfig
     from aldar_lit.quality.face_identity import IdentityFace
 
     assert IdentityConfig().arcface_same_person_cosine == DEFAULT_THRESHOLD

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from aldar_lit.evaluation.config import SuiteConfig
+from aldar_lit.config.evaluate import SuiteConfig
 from aldar_lit.evaluation.statistics import (MAX_EXACT_CLUSTERS, cluster_mean, cluster_totals,
                                              minimum_detectable_effect, paired_difference, sign_flip_test)
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from aldar_lit.config import ConfigError
-from aldar_lit.pipelines.config import LLMConfig, StoryConfig
+from aldar_lit.config.infer import LLMConfig, StoryConfig
 from aldar_lit.pipelines.story import Scene, StoryError, load_story, prompt_for, split_story_with_llm
 
 from fixtures_storyboard import REPO_ROOT

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aldar_lit.evaluation.config import StoryMetricsConfig
+from aldar_lit.config.evaluate import StoryMetricsConfig
 from aldar_lit.evaluation.story_metrics import (StoryScorers, body_box, character_view, copy_paste_degree,
                                                 reference_views, self_similarity, storyboard_measures)
 from aldar_lit.quality.faces import FaceBox, HaarFaceDetector

@@ -134,7 +134,7 @@ def validated_run(tmp_path_factory, cache_dir) -> Path:
 def test_val_score_of_the_exported_step_is_the_evaluation_score_of_its_images(validated_run: Path, tmp_path: Path):
     """One scorer: the evaluation's code, given the exported step's saved validation images (their manifest gives
     each prompt) and the training folder as reference_images, gives train.py's val/score and its terms."""
-    from aldar_lit.evaluation.config import to_eval_config
+    from aldar_lit.config.evaluate import to_eval_config
     from aldar_lit.evaluation.generation import StoryboardRun, read_manifest
     from aldar_lit.evaluation.metrics import build_scorers, load_reference_images, measure, summarise
     from test_evaluate import compose_evaluate

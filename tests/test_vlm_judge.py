@@ -9,7 +9,7 @@ import logging
 import pytest
 from PIL import Image
 
-from aldar_lit.evaluation.config import VlmJudgeConfig
+from aldar_lit.config.evaluate import VlmJudgeConfig
 from aldar_lit.evaluation.vlm_judge import RUBRICS, JudgeItem, judge, parse_score, RejectedJudgement
 from fixtures_openai import colour_of_request, completion, serve  # noqa: F401
 

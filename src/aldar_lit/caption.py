@@ -10,7 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from aldar_lit.data.prep_config import register_prep_configs
+from aldar_lit.config.prep import register_prep_configs
 from aldar_lit.redaction import refuse_secret_overrides
 from aldar_lit.user_errors import reported_briefly
 

@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from aldar_lit.data.curation import run_curation
-from aldar_lit.data.prep_config import register_prep_configs
+from aldar_lit.config.prep import register_prep_configs
 from aldar_lit.redaction import refuse_secret_overrides
 from aldar_lit.user_errors import reported_briefly
 

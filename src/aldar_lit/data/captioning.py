@@ -30,7 +30,7 @@ from aldar_lit.atomic_write import write_text
 from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.dataset import with_trigger
 from aldar_lit.data.images import DataError, list_image_files, load_rgb
-from aldar_lit.data.prep_config import CaptionConfig
+from aldar_lit.config.prep import CaptionConfig
 from aldar_lit.redaction import scrub
 
 log = logging.getLogger(__name__)

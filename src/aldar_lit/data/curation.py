@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.images import DataError, list_image_files, load_rgb, read_caption
-from aldar_lit.data.prep_config import CurateConfig
+from aldar_lit.config.prep import CurateConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from aldar_lit.evaluation.config import EvalConfig, split_mode
-from aldar_lit.pipelines.config import InferConfig, LoraSourceConfig, StoryConfig
+from aldar_lit.config.evaluate import EvalConfig, split_mode
+from aldar_lit.config.infer import InferConfig, LoraSourceConfig, StoryConfig
 from aldar_lit.pipelines.story import Scene, load_scene_file, parse_scenes
 from aldar_lit.pipelines.storyboard import (FramePlan, StoryboardModels, load_models, plan_frames,
                                             render_storyboard)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from aldar_lit.atomic_write import write_json, write_text
 from aldar_lit.data.captioning import API_KEY_ENV
 from aldar_lit.evaluation import report
-from aldar_lit.evaluation.config import EvalConfig, to_eval_config
+from aldar_lit.config.evaluate import EvalConfig, to_eval_config
 from aldar_lit.evaluation.generation import collect_storyboards
 from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
                                           load_reference_images, measure, measurement_row, summarise)

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
-from aldar_lit.evaluation.config import StoryMetricsConfig
+from aldar_lit.config.evaluate import StoryMetricsConfig
 from aldar_lit.config import ConfigError
 from aldar_lit.quality.clip_scorer import ClipScorer, ImageSimilarity, mean_reference_cosine
 from aldar_lit.quality.faces import FaceBox, FaceDetector, crop_face, largest

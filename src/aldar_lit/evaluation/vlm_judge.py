@@ -32,7 +32,7 @@ from PIL import Image
 
 from aldar_lit.atomic_write import write_text
 from aldar_lit.data.captioning import API_KEY_ENV, jpeg_data_url, jpeg_payload, openai_client, reply_text
-from aldar_lit.evaluation.config import VlmJudgeConfig
+from aldar_lit.config.evaluate import VlmJudgeConfig
 from aldar_lit.redaction import scrub
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from aldar_lit.pipelines.config import ConsistencyConfig
+from aldar_lit.config.infer import ConsistencyConfig
 
 SELF_ATTENTION = ".attn1.processor"
 BLOCK_PREFIXES = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}

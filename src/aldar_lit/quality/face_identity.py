@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from aldar_lit.pipelines.config import IdentityConfig
+    from aldar_lit.config.infer import IdentityConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from aldar_lit.quality.mediapipe_tasks import base_options, to_mediapipe_image
-from aldar_lit.pipelines.config import DetectorConfig
+from aldar_lit.config.infer import DetectorConfig
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,11 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from aldar_lit.config import require
+from aldar_lit.config.core import require
+from aldar_lit.config.shared import TRIGGER
 
 IMAGE_DETAILS = ("low", "high", "auto")
 LINK_MODES = ("copy", "hardlink", "symlink")
-
 
 
 @dataclass
@@ -19,7 +19,7 @@ class CaptionConfig:
     """GPT-4o-class vision captions for a folder of images, written as sidecar `.txt` files."""
 
     input_dir: str = "???"
-    trigger: str = "aldar_kose_man"
+    trigger: str = TRIGGER
     vision_model: str = "gpt-4o"  # not `model`: that name is the training config's model group
     base_url: Optional[str] = None  # an OpenAI-compatible server; None: api.openai.com (key: env OPENAI_API_KEY)
     prompt: str = "???"  # the template lives in conf/caption.yaml; `{trigger}` is filled in

@@ -13,9 +13,11 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config import ModelConfig, PathsConfig, ScorerConfig, require, to_schema
-from aldar_lit.pipelines.config import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
-                                        LoraSourceConfig, QAConfig)
+from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.infer import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
+                                   LoraSourceConfig, QAConfig)
+from aldar_lit.config.shared import TRIGGER, PathsConfig, ScorerConfig, WandbConfig
+from aldar_lit.config.train import ModelConfig
 
 ASPECTS = ("scene", "character_action", "camera")  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
 SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
@@ -34,7 +36,7 @@ class SuiteConfig:
     story_files: list[str] = field(default_factory=list)  # scene lists as infer.py reads them
     # generation.seed of each pass; 10 storyboards are what the clustered statistics need (conf/evaluate.yaml)
     seeds: list[int] = field(default_factory=lambda: [1000 * (i + 1) for i in range(10)])
-    trigger: str = "aldar_kose_man"
+    trigger: str = TRIGGER
     style: str = ""
 
     def __post_init__(self) -> None:
@@ -54,16 +56,6 @@ class StatsConfig:
     def __post_init__(self) -> None:
         require(self.num_resamples >= 100, "stats.num_resamples", f"must be >= 100, got {self.num_resamples}")
         require(0 < self.confidence < 1, "stats.confidence", f"must be in (0, 1), got {self.confidence}")
-
-
-@dataclass
-class WandbConfig:
-    enabled: bool = False
-    mode: str = "offline"  # offline | online
-    project: str = "aldar_lit"
-
-    def __post_init__(self) -> None:
-        require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
 
 
 @dataclass

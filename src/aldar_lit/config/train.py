@@ -6,31 +6,22 @@ wrong type fails at composition; `__post_init__` checks the values and names the
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.shared import TRIGGER, PathsConfig, ScorerConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 COMPILE_SCOPES = ("unet", "blocks")
 LORA_INITS = ("default", "gaussian", "pissa", "olora")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 CROPS = ("center", "random")
-Schema = TypeVar("Schema")
 BAD_FILE_POLICIES = ("skip", "error")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names its key."""
-
-
-def require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{key}: {message}")
 
 
 @dataclass
@@ -88,7 +79,7 @@ class ModelConfig:
         require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
         require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:
-            from aldar_lit.models.random_init import spec_dir
+            from aldar_lit.offline.random_init import spec_dir
 
             spec_dir(self.random_init)
 
@@ -130,7 +121,7 @@ class DataConfig:
     """A folder of images with sidecar `.txt` captions or a `metadata.jsonl`."""
 
     root: str = "???"
-    trigger: str = "aldar_kose_man"
+    trigger: str = TRIGGER
     resolution: int = 1024
     crop: str = "center"
     random_flip: bool = False
@@ -220,36 +211,6 @@ class CheckpointConfig:
                  f"must hold positive step numbers, got {list(self.at_steps)}")
 
 
-SCORE_TERMS = ("clip_t", "clip_i", "dino")
-
-
-@dataclass
-class DinoConfig:
-    """DINO ViT subject fidelity (timm); `pretrained: false` gives seeded random weights (offline)."""
-
-    model_name: str = "vit_small_patch16_224.dino"
-    pretrained: bool = True
-    image_size: Optional[int] = None  # None: the model's own input size
-
-
-@dataclass
-class ScorerConfig:
-    """open_clip model for CLIP-T/CLIP-I, optional DINO, and the weights of `val/score`."""
-
-    clip_model: str = "ViT-L-14"
-    clip_pretrained: Optional[str] = "openai"  # None: seeded random weights (offline)
-    dino: Optional[DinoConfig] = None
-    weights: dict[str, float] = field(default_factory=lambda: {"clip_i": 0.616, "clip_t": 1.634})
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in self.weights:
-            require(name in SCORE_TERMS, f"scorer.weights.{name}", f"must be one of {SCORE_TERMS}")
-        require(any(w != 0 for w in self.weights.values()), "scorer.weights", "must weigh at least one term")
-        require("dino" not in self.weights or self.dino is not None, "scorer.weights.dino",
-                 "needs scorer.dino to be configured")
-
-
 @dataclass
 class ValidationConfig:
     """Fixed-seed validation samples every `every_n_steps`, scored into `val/score` for checkpoint selection."""
@@ -275,12 +236,6 @@ class ValidationConfig:
         require(self.top_k > 0, "validation.top_k", f"must be a positive integer, got {self.top_k}")
         require(self.max_reference_images > 0, "validation.max_reference_images",
                  f"must be positive, got {self.max_reference_images}")
-
-
-@dataclass
-class PathsConfig:
-    cache_dir: str = "~/.cache/aldar_lit"
-    output_dir: str = "."
 
 
 @dataclass
@@ -334,41 +289,6 @@ class TrainConfig:
 def register_configs() -> None:
     """Make the schema available to `conf/train.yaml` as `train_schema`."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def to_schema(cfg: DictConfig, schema: type[Schema], schema_name: str) -> Schema:
-    """Resolve a composed config into its dataclass, running every `__post_init__` check.
-
-    Raises `ConfigError` naming the bad key, or saying the YAML's defaults list lacks `schema_name`.
-    """
-    unknown = unknown_keys(cfg)
-    if unknown:
-        raise ConfigError("\n".join(unknown))
-    config = OmegaConf.to_object(cfg)
-    if not isinstance(config, schema):
-        raise ConfigError(f"the config was not composed on the `{schema_name}` schema (first in its defaults list)")
-    return config
-
-
-def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """A message for each key of a schema node (nested ones too) that its dataclass does not declare.
-
-    Hydra's `+key=value` appends a key even to a structured config, and `OmegaConf.to_object` keeps it as a stray
-    attribute: `+lora.rnak=8` would train with the rank unchanged.
-    """
-    schema = OmegaConf.get_type(node)
-    if not dataclasses.is_dataclass(schema):
-        return []  # a free-form mapping (trainer, logger, optimizer factory): its keys are arguments
-    declared = [f.name for f in dataclasses.fields(schema)]
-    found = []
-    for key, value in node.items_ex(resolve=False):
-        if key not in declared:
-            close = difflib.get_close_matches(str(key), declared, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; {schema.__name__} has {', '.join(declared)}"
-            found.append(f"{prefix}{key}: not a key of the schema{hint}")
-        elif isinstance(value, DictConfig):
-            found += unknown_keys(value, f"{prefix}{key}.")
-    return found
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

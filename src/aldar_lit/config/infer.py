@@ -1,6 +1,6 @@
 """Typed storyboard configuration (`conf/infer.yaml` composes into `infer_schema`), validated before any work.
 
-The model group is the training one (`aldar_lit.config.ModelConfig`), so `model=tiny` / `model=sdxl_base`
+The model group is the training one (`aldar_lit.config.train.ModelConfig`), so `model=tiny` / `model=sdxl_base`
 mean the same thing for train.py and infer.py.
 """
 
@@ -12,7 +12,9 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config import PREDICTION_TYPES, ModelConfig, PathsConfig, require, to_schema
+from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.shared import TRIGGER, PathsConfig
+from aldar_lit.config.train import PREDICTION_TYPES, ModelConfig
 from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 
 MODES = ("baseline", "simple", "ref_guided")
@@ -45,7 +47,7 @@ class StoryConfig:
 
     file: Optional[str] = None
     text: Optional[str] = None
-    trigger: str = "aldar_kose_man"  # the LoRA's trigger token, put in every prompt
+    trigger: str = TRIGGER  # the LoRA's trigger token, put in every prompt
     style: str = ""  # appended to every prompt, e.g. "3d render, soft light"
     llm: LLMConfig = field(default_factory=LLMConfig)
 

@@ -1,0 +1,56 @@
+"""Sub-configs defined once and composed by several tools (train, infer, evaluate, caption, curate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from aldar_lit.config.core import require
+
+TRIGGER = "aldar_kose_man"  # the character's trigger token: data.trigger, story.trigger, suite.trigger, caption trigger
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "~/.cache/aldar_lit"
+    output_dir: str = "."
+
+
+SCORE_TERMS = ("clip_t", "clip_i", "dino")
+
+
+@dataclass
+class DinoConfig:
+    """DINO ViT subject fidelity (timm); `pretrained: false` gives seeded random weights (offline)."""
+
+    model_name: str = "vit_small_patch16_224.dino"
+    pretrained: bool = True
+    image_size: Optional[int] = None  # None: the model's own input size
+
+
+@dataclass
+class ScorerConfig:
+    """open_clip model for CLIP-T/CLIP-I, optional DINO, and the weights of `val/score`."""
+
+    clip_model: str = "ViT-L-14"
+    clip_pretrained: Optional[str] = "openai"  # None: seeded random weights (offline)
+    dino: Optional[DinoConfig] = None
+    weights: dict[str, float] = field(default_factory=lambda: {"clip_i": 0.616, "clip_t": 1.634})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in self.weights:
+            require(name in SCORE_TERMS, f"scorer.weights.{name}", f"must be one of {SCORE_TERMS}")
+        require(any(w != 0 for w in self.weights.values()), "scorer.weights", "must weigh at least one term")
+        require("dino" not in self.weights or self.dino is not None, "scorer.weights.dino",
+                 "needs scorer.dino to be configured")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    mode: str = "offline"  # offline | online
+    project: str = "aldar_lit"
+
+    def __post_init__(self) -> None:
+        require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
