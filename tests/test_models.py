@@ -12,7 +12,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection
 from aldar_lit.config import ConfigError, ModelConfig
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.offline.random_init import SPEC_ROOT, materialise_random_sdxl
-from aldar_lit.models.tokenizer import build_clip_tokenizer
+from aldar_lit.offline.tokenizer import build_clip_tokenizer
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from aldar_lit.atomic_write import build_dir_once
 from aldar_lit.config import ConfigError
-from aldar_lit.models.tokenizer import EOS, build_clip_tokenizer
+from aldar_lit.offline.tokenizer import EOS, build_clip_tokenizer
 
 SPEC_ROOT = Path(__file__).parent / "specs"
 
