@@ -132,7 +132,8 @@ def test_optuna_sweep_summary_marks_the_studys_best_trial(tmp_path):
 
     study = optuna.create_study(study_name="lr_search", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                                 direction="maximize")
-    for job, (lr, best) in enumerate([(1e-4, 0.5), (3e-4, 0.7), (2e-5, 0.6)]):
+    for job, (lr, best) in enumerate([(1e-4, 0.5), (3e-4, 0.7), (1e-4, 0.6), (2e-5, 0.4)]):
+        study.enqueue_trial({"optim.unet_lr": lr})  # trials 0 and 2 share their parameters: still one run each
         trial = study.ask()
         trial.suggest_float("optim.unet_lr", 1e-5, 1e-3, log=True)
         study.tell(trial, best)
@@ -141,10 +142,10 @@ def test_optuna_sweep_summary_marks_the_studys_best_trial(tmp_path):
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # a crashed trial: no run dir with a summary
     paths = write_sweep_summary(tmp_path)
     rows = list(csv.DictReader(paths["csv"].open()))
-    assert [(r["trial"], r["best_trial"], r["best_score"]) for r in rows] == [("0", "", "0.5"), ("1", "yes", "0.7"),
-                                                                              ("2", "", "0.6")]
+    assert [(r["trial"], r["best_trial"], r["best_score"]) for r in rows] == [
+        ("0", "", "0.5"), ("1", "yes", "0.7"), ("2", "", "0.6"), ("3", "", "0.4")]
     markdown = paths["md"].read_text()
-    assert "Optuna study `lr_search` (maximize): 4 trials, 3 complete, 1 fail." in markdown
+    assert "Optuna study `lr_search` (maximize): 5 trials, 4 complete, 1 fail." in markdown
     assert "Best run: `2026-01-01_00-00-01-1` (trial 1, optim.unet_lr=" in markdown
 
 

@@ -65,8 +65,15 @@ def optuna_trials(sweep_dir: Path, runs: list[dict[str, Any]]) -> tuple[list[int
     import optuna  # only for an Optuna sweep
 
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{database.resolve()}")
-    trial_of = {frozenset(f"{k}={v}" for k, v in trial.params.items()): trial.number for trial in study.trials}
-    numbers = [next((n for params, n in trial_of.items() if params <= set(run["overrides"])), None) for run in runs]
+    trials_of: dict[frozenset[str], list[int]] = {}  # the same parameters may come up in several trials
+    for trial in study.trials:
+        trials_of.setdefault(frozenset(f"{k}={v}" for k, v in trial.params.items()), []).append(trial.number)
+
+    def trial_number(run: dict[str, Any]) -> int | None:  # runs come in start order, as trials do
+        return next((numbers.pop(0) for params, numbers in trials_of.items()
+                     if numbers and params <= set(run["overrides"])), None)
+
+    numbers = [trial_number(run) for run in runs]
     states = [trial.state.name.lower() for trial in study.trials]
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.number if complete else None
