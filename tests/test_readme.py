@@ -213,7 +213,7 @@ def test_readme_offline_inference_on_the_quickstart_adapter(quickstart) -> None:
     ok(run_readme(readme_command(r"^python infer\.py model=tiny"), outputs.parent, run=quickstart.name))
     board = new_dir(outputs / "infer", before)
     manifest = json.loads((board / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and (board / "storyboard.png").is_file()
+    assert manifest["status"] == "complete" and (board / "storyboard.png").is_file()
 
 
 EVALUATE_SMALL = ["suite.prompts=[aldar_kose_man waving goodbye,aldar_kose_man playing a dombra]",
