@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -20,11 +19,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.images import DataError, list_image_files, load_rgb, read_caption
+from aldar_lit.image_grid import image_grid
 from aldar_lit.config.prep import CurateConfig
 
 log = logging.getLogger(__name__)
@@ -109,20 +109,11 @@ def balance_report(verdicts: list[Verdict], reference: dict[str, int]) -> dict[s
     return {"categories": rows, "captioned": len(captioned), "uncaptioned": len(kept) - len(captioned)}
 
 
-def contact_sheet(paths: list[Path], thumb: int, columns: int) -> Image.Image:
-    """A grid of thumbnails with their file names."""
-    label = 14
-    columns = max(1, min(columns, len(paths)))
-    rows = max(1, math.ceil(len(paths) / columns))
-    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + label)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, path in enumerate(paths):
-        image = load_rgb(path)
-        image.thumbnail((thumb, thumb))
-        x, y = (i % columns) * thumb, (i // columns) * (thumb + label)
-        sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
-        draw.text((x + 2, y + thumb), path.name[: thumb // 7], fill="black")
-    return sheet
+def thumbnail(path: Path, size: int) -> Image.Image:
+    """The image at `path` shrunk to fit `size` x `size`, so that a contact sheet never holds the full-size set."""
+    image = load_rgb(path)
+    image.thumbnail((size, size))
+    return image
 
 
 def inspect(path: Path, name: str, cfg: CurateConfig) -> Verdict:
@@ -223,7 +214,8 @@ def curate(cfg: CurateConfig) -> dict[str, Any]:
         (staging / KEPT_DIR).mkdir(exist_ok=True)
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (staging / REPORT_MD).write_text(markdown_report(report), encoding="utf-8")
-        sheet = contact_sheet([paths[v.file] for v in kept], cfg.contact_sheet_thumb, cfg.contact_sheet_columns)
+        sheet = image_grid([thumbnail(paths[v.file], cfg.contact_sheet_thumb) for v in kept], cfg.contact_sheet_columns,
+                           cfg.contact_sheet_thumb, [v.file for v in kept], max_caption_lines=1)
         sheet.save(staging / CONTACT_SHEET)
     return report
 

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from aldar_lit.atomic_write import write_bytes, write_png
+from aldar_lit.atomic_write import write_bytes
 from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric, storyboard_means
-from aldar_lit.pipelines.outputs import contact_sheet
 
 RESULT_COLUMNS = ("mode", "story", "seed", "frame", "prompt", "metric", "value")
 SUMMARY_COLUMNS = ("mode", "metric", "n", "n_total", "storyboards", "mean", "ci_low", "ci_high")
@@ -230,10 +229,6 @@ def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"face cosine ({backend}); blank: no face")
     save_figure(fig, path)
-
-
-def write_sample_grid(path: Path, images: Sequence, captions: Sequence[str]) -> None:
-    write_png(path, contact_sheet(images, captions, columns=4, thumb=192))
 
 
 def plot_sweep(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:

@@ -24,6 +24,7 @@ from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, 
                                           load_reference_images, measure, measurement_row, summarise)
 from aldar_lit.evaluation.vlm_judge import JudgeItem, JudgeReport, judge
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
+from aldar_lit.pipelines.outputs import write_contact_sheet
 from aldar_lit.quality.face_identity import build_identity_embedders
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
@@ -77,8 +78,8 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
         frames = [f for r in runs if r.mode == mode for f in frames_of(r)][:16]
         if frames:
             plots.append(out_dir / f"samples_{mode}.png")
-            report.write_sample_grid(plots[-1], [f.image for f in frames],
-                                     [f"{f.run.story} s{f.run.seed} #{f.index}: {f.prompt}" for f in frames])
+            captions = [f"{f.run.story} s{f.run.seed} #{f.index}: {f.prompt}" for f in frames]
+            write_contact_sheet(plots[-1], [f.image for f in frames], captions, columns=4, thumb=192)
     if cfg.wandb.enabled:
         log_to_wandb(cfg, out_dir, summary, comparisons, plots)
     return {"summary": summary, "comparisons": comparisons, "plots": plots}

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from aldar_lit.atomic_write import png_bytes, write_png, write_text
+from aldar_lit.image_grid import image_grid
 
 
 def write_frame(path: Path, image: Image.Image, metadata: dict[str, Any]) -> None:
@@ -20,27 +20,11 @@ def write_frame(path: Path, image: Image.Image, metadata: dict[str, Any]) -> Non
     write_png(path, image, {k: str(v) for k, v in metadata.items()})
 
 
-def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str], columns: int = 3,
-                  thumb: int = 256) -> Image.Image:
-    """A grid of frames, each with its number and scene caption underneath."""
-    font = ImageFont.load_default()
-    chars_per_line = max(12, thumb // 7)
-    wrapped = [textwrap.wrap(f"{i + 1}. {c}", chars_per_line)[:4] for i, c in enumerate(captions)]
-    caption_height = 14 * max((len(w) for w in wrapped), default=1) + 8
-    columns = max(1, min(columns, len(images)))
-    rows = (len(images) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * thumb, rows * (thumb + caption_height)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for index, (image, lines) in enumerate(zip(images, wrapped)):
-        x, y = (index % columns) * thumb, (index // columns) * (thumb + caption_height)
-        sheet.paste(image.convert("RGB").resize((thumb, thumb)), (x, y))
-        for line_no, line in enumerate(lines):
-            draw.text((x + 4, y + thumb + 4 + 14 * line_no), line, fill="black", font=font)
-    return sheet
-
-
-def write_contact_sheet(path: Path, images: Sequence[Image.Image], captions: Sequence[str]) -> None:
-    write_png(path, contact_sheet(images, captions))
+def write_contact_sheet(path: Path, images: Sequence[Image.Image], captions: Sequence[str], columns: int = 3,
+                        thumb: int = 256) -> None:
+    """A grid of frames, each with its number and caption underneath."""
+    numbered = [f"{number}. {caption}" for number, caption in enumerate(captions, start=1)]
+    write_png(path, image_grid(images, columns, thumb, numbered))
 
 
 def consistency_line(consistency: dict[str, Any]) -> str:

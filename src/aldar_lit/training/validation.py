@@ -13,7 +13,6 @@ step. Every rank generates the same images (same seeds); only rank 0 writes file
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
 from aldar_lit.atomic_write import write_json, write_png
+from aldar_lit.image_grid import image_grid
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,6 @@ def decode_latents(pipe: StableDiffusionXLPipeline, latents: torch.Tensor) -> li
             if upcast:
                 vae.to(torch.float16)
     return pipe.image_processor.postprocess(image, output_type="pil")
-
-
-def image_grid(samples: Sequence[Sample], columns: int) -> Image.Image:
-    """Samples in rows of `columns` (one row per prompt, one column per seed)."""
-    width, height = samples[0].image.size
-    rows = math.ceil(len(samples) / columns)
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for index, sample in enumerate(samples):
-        grid.paste(sample.image, ((index % columns) * width, (index // columns) * height))
-    return grid
 
 
 def step_manifest(samples: Sequence[Sample], paths: Sequence[Path], metrics: dict[str, float],
@@ -192,7 +182,7 @@ class ValidationSampler(L.Callback):
             path = step_dir / f"p{index // len(self.seeds):02d}_seed{sample.seed}.png"
             write_png(path, sample.image)
             paths.append(path)
-        write_png(step_dir / "grid.png", image_grid(samples, columns=len(self.seeds)))
+        write_png(step_dir / "grid.png", image_grid([s.image for s in samples], columns=len(self.seeds)))
         write_json(step_dir / "manifest.json", step_manifest(samples, paths, metrics, step))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
