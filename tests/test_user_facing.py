@@ -3,12 +3,20 @@ work from any directory."""
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning_utilities.core import rank_zero
+from omegaconf import OmegaConf
+
+from aldar_lit.config.infer import register_infer_configs
 
 from conftest import REPO_ROOT
 
@@ -27,6 +35,28 @@ def test_infer_from_another_directory_finds_its_story_and_names_a_missing_adapte
     assert result.returncode == 1
     assert "error: lora: 'nowhere': no such directory" in result.stderr
     assert "Traceback" not in result.stderr and "story.file" not in result.stderr
+    assert "gemm_4bit_forward" not in result.stdout + result.stderr  # bitsandbytes' harmless notice is not shown
+
+
+def test_the_tools_logging_drops_only_the_known_harmless_lines(tmp_path: Path, capsys) -> None:
+    """Hydra's job logging as the tools compose it: the exact harmless lines go, other warnings of the same loggers
+    stay (on the console and in the job's log file)."""
+    register_infer_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("infer", return_hydra_config=True, overrides=[f"hydra.runtime.output_dir={tmp_path}"])
+    logging.config.dictConfig(OmegaConf.to_container(cfg.hydra.job_logging, resolve=True))
+    try:
+        bnb, lightning = logging.getLogger("bitsandbytes.backends.cpu.ops"), rank_zero.log  # the logger Lightning tips go to
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", ModuleNotFoundError("No module named 'kernels'"))
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s", OSError("illegal instruction"))
+        rank_zero_info("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]")
+        lightning.warning("The dataloader does not have many workers which may be a bottleneck.")
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False, "root": {"handlers": []}})
+    for shown in (capsys.readouterr().out, (tmp_path / f"{cfg.hydra.job.name}.log").read_text()):
+        assert "No module named 'kernels'" not in shown and "Tip" not in shown
+        assert "illegal instruction" in shown and "does not have many workers" in shown
 
 
 @pytest.mark.slow
