@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from aldar_lit.config.evaluate import SuiteConfig
+from aldar_lit.config.evaluate import SuiteConfig, register_evaluate_configs
 from aldar_lit.evaluation.statistics import (MAX_EXACT_CLUSTERS, cluster_mean, cluster_totals,
                                              minimum_detectable_effect, paired_difference, sign_flip_test)
 
@@ -22,9 +22,11 @@ CORRELATIONS = (0.1, 0.3, 0.5)
 
 
 def default_suite_size() -> tuple[int, int]:
-    """(storyboards, frames per storyboard) of `conf/evaluate.yaml`'s suite: one story per seed."""
-    suite = yaml.safe_load((REPO_ROOT / "conf" / "evaluate.yaml").read_text())["suite"]
-    return len(suite["seeds"]) * (1 + len(suite["story_files"])), len(suite["prompts"])
+    """(storyboards, frames per storyboard) of evaluate.py's composed suite: one story per seed."""
+    register_evaluate_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        suite = compose(config_name="evaluate").suite
+    return len(suite.seeds) * (1 + len(suite.story_files)), len(suite.prompts)
 
 
 def storyboard_differences(rng: np.random.Generator, storyboards: int, frames: int, correlation: float,

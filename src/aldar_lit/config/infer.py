@@ -45,10 +45,10 @@ class LLMConfig:
 class StoryConfig:
     """Either a scene file (YAML/JSON) or a paragraph for the LLM to split."""
 
-    file: Optional[str] = None
-    text: Optional[str] = None
+    file: Optional[str] = None  # YAML/JSON scene list (relative: to the working directory, else beside conf/)
+    text: Optional[str] = None  # or a paragraph for the LLM; then set story.file=null
     trigger: str = TRIGGER  # the LoRA's trigger token, put in every prompt
-    style: str = ""  # appended to every prompt, e.g. "3d render, soft light"
+    style: str = "3d render, soft cinematic light, Kazakh steppe"  # appended to every prompt
     llm: LLMConfig = field(default_factory=LLMConfig)
 
     def __post_init__(self) -> None:
@@ -65,7 +65,7 @@ class GenerationConfig:
     steps: int = 30
     guidance_scale: float = 7.5
     seed: int = 42  # scene i uses seed + i unless the scene sets its own
-    negative_prompt: str = ""
+    negative_prompt: str = "blurry, deformed, extra limbs, extra heads, duplicate, cropped, lowres"
     device: str = "auto"  # auto: cuda when available
     # what the UNet predicts (epsilon | v_prediction); None: the LoRA's adapter card, else the base model's scheduler
     prediction_type: Optional[str] = None
@@ -89,7 +89,7 @@ class IPAdapterConfig:
     subfolder: str = "sdxl_models"
     weight_name: str = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
     image_encoder_folder: str = "models/image_encoder"  # the ViT-H encoder, relative to `repo`
-    scale: float = 0.7
+    scale: float = 0.7  # the seed's value: face identity vs. prompt freedom
     face_margin: float = 0.4  # face box grown by this fraction on each side before cropping
     random_init: Optional[str] = None  # "tiny": write tiny seeded weights to `repo` once (offline tests)
     seed: int = 0
@@ -136,9 +136,9 @@ class ClipQAConfig:
 @dataclass
 class DetectorConfig:
     face_backend: str = "haar"  # haar (OpenCV's bundled cascade, offline) | mediapipe | none
-    face_model_path: Optional[str] = None  # MediaPipe face detector .tflite
+    face_model_path: Optional[str] = None  # MediaPipe face detector .tflite, e.g. ~/models/blaze_face_short_range.tflite
     face_min_confidence: float = 0.5
-    pose_backend: str = "none"  # mediapipe | none
+    pose_backend: str = "none"  # mediapipe (invalid-pose and cut-off checks from the pose landmarker) | none
     pose_model_path: Optional[str] = None  # MediaPipe pose landmarker .task
     pose_min_visibility: float = 0.5
 
@@ -171,8 +171,8 @@ class IdentityConfig:
 
     evaluate.py's `identity` and frame QA's `qa.identity` (which uses the first backend that loads)."""
 
-    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])
-    insightface_pack: str = "buffalo_l"
+    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])  # absent models: reported, skipped
+    insightface_pack: str = "buffalo_l"  # ~/.insightface/models/buffalo_l/*.onnx (never downloaded by this tool)
     insightface_root: str = "~/.insightface"
     insightface_det_size: int = 640
     arcface_onnx_path: Optional[str] = None
@@ -198,13 +198,19 @@ class IdentityConfig:
 class QAConfig:
     enabled: bool = True
     max_attempts: int = 3
-    prompt_threshold: float = 0.22  # CLIP-T cosine (ViT-L/14); see conf/qa/default.yaml
+    # CLIP-T (raw text-image cosine, OpenAI CLIP ViT-L/14). The seed's 0.70 is a CLIP-I (image-image) value and is
+    # unreachable on this scale: prompt-faithful generations score ~0.25-0.35 with ViT-L/14 (DreamBooth reports 0.306,
+    # Ruiz et al. 2023) and unrelated image/text pairs ~0.10-0.18. 0.22 rejects frames that have lost the prompt while
+    # accepting normal variation. Not measured here (no CLIP weights offline): recalibrate on your own frames.
+    prompt_threshold: float = 0.22
     identity_threshold: float = 0.70  # CLIP fallback only (no identity backend loads): CLIP-I of face crops
     min_face_fraction: float = 0.05  # face box height / image height below this: character too small
     clip: ClipQAConfig = field(default_factory=ClipQAConfig)
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     autofix: AutoFixConfig = field(default_factory=AutoFixConfig)
-    identity: IdentityConfig = field(default_factory=IdentityConfig)  # same person as frame 1: the first that loads
+    # same person as frame 1 by the first backend that loads, at its published rule; the manifest's qa.identity
+    # records the backend used, or why CLIP face crops were used instead
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def __post_init__(self) -> None:
         require(self.max_attempts >= 1, "qa.max_attempts", f"must be >= 1, got {self.max_attempts}")
@@ -217,7 +223,7 @@ class QAConfig:
 class LoraSourceConfig:
     """A trained adapter: a training run's `lora/` dir (pytorch_lora_weights.safetensors)."""
 
-    path: Optional[str] = None
+    path: Optional[str] = None  # a training run's lora/ dir (ignored by mode=baseline: SDXL alone)
     scale: float = 1.0
     allow_partial: bool = False  # load an adapter some of whose tensors fit no module of the base model
 
@@ -230,11 +236,13 @@ SHARED_BLOCKS = ("down", "mid", "up")
 
 @dataclass
 class ConsistencyConfig:
-    """Consistent self-attention (StoryDiffusion): frames attend to tokens of an anchor group of frames."""
+    """Consistent self-attention (StoryDiffusion): frames attend to tokens of an anchor group of frames.
 
-    shared_attention: bool = False
+    See the README's "Consistent self-attention"."""
+
+    shared_attention: bool = False  # true: frames' self-attention also sees tokens of the anchor group
     sample_rate: float = 0.5  # share of each anchor frame's tokens added to the others' keys/values
-    layers: list[str] = field(default_factory=lambda: ["up"])  # UNet blocks whose self-attention shares
+    layers: list[str] = field(default_factory=lambda: ["up"])  # UNet blocks that share: down | mid | up
     step_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) fraction of denoising steps
     group_size: int = 3  # anchor frames (the first ones), denoised together as one batch
 
@@ -252,7 +260,7 @@ class ConsistencyConfig:
 @dataclass
 class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    mode: str = "simple"
+    mode: str = "simple"  # baseline | simple | ref_guided
     lora: LoraSourceConfig = field(default_factory=LoraSourceConfig)
     story: StoryConfig = field(default_factory=lambda: StoryConfig(file="conf/story/aldar_kose.yaml"))
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -25,8 +25,8 @@ class CaptionConfig:
     prompt: str = "???"  # the template lives in conf/caption.yaml; `{trigger}` is filled in
     image_detail: str = "low"  # the vision `detail` setting: low = 85 input tokens per image
     max_image_side: int = 1024  # images are downscaled to this before upload
-    max_tokens: int = 200
-    max_caption_chars: int = 1000  # a longer reply is rejected as a failure, not written
+    max_tokens: int = 200  # a reply cut off here (finish_reason "length") is a failure, not a caption
+    max_caption_chars: int = 1000  # longer replies, empty ones and refusals are failures: nothing written or cached
     temperature: float = 0.2
     concurrency: int = 4  # requests in flight at once
     max_retries: int = 5  # the openai client's own retries with exponential backoff (429, 5xx, timeouts)
@@ -64,7 +64,7 @@ class CurateConfig:
     blur_threshold: float = 30.0  # drop images whose variance of Laplacian (grey levels²) is lower
     analysis_side: int = 512  # larger images are downscaled to this longer side before blur is measured
     near_duplicate_distance: int = 6  # drop an image whose 64-bit pHash is within this many bits of a kept one
-    require_face: bool = False  # drop images where OpenCV's frontal-face Haar cascade finds no face
+    require_face: bool = False  # drop images where OpenCV's frontal-face Haar cascade (misses profiles) finds no face
     link: str = "copy"  # how the kept set is written: copy | hardlink | symlink
     contact_sheet_thumb: int = 160
     contact_sheet_columns: int = 8

@@ -34,7 +34,11 @@ class ScorerConfig:
 
     clip_model: str = "ViT-L-14"
     clip_pretrained: Optional[str] = "openai"  # None: seeded random weights (offline)
-    dino: Optional[DinoConfig] = None
+    dino: Optional[DinoConfig] = None  # e.g. scorer.dino={model_name: vit_small_patch16_224.dino, pretrained: true}
+    # val/score = sum(weights[k] * val/k); each weight is 1 / (2 x DreamBooth's published level) -- CLIP-I 0.812, CLIP-T
+    # 0.306 (Ruiz et al. 2023, Table 1) -- so a DreamBooth-quality checkpoint scores ~1.0 and a relative loss of prompt
+    # fidelity costs as much as the same relative loss of subject fidelity. CLIP-I alone would reward memorising the
+    # training images; CLIP-T alone, forgetting the character.
     weights: dict[str, float] = field(default_factory=lambda: {"clip_i": 0.616, "clip_t": 1.634})
     seed: int = 0
 

@@ -37,7 +37,7 @@ class ModelConfig:
     revision: Optional[str] = None
     vae: Optional[str] = None  # a VAE override, e.g. madebyollin/sdxl-vae-fp16-fix
     dtype: str = "float32"  # frozen UNet and text encoders; LoRA weights always train in float32
-    vae_dtype: str = "float32"
+    vae_dtype: str = "float32"  # the stock SDXL VAE overflows in float16
     gradient_checkpointing: bool = False
     channels_last: bool = False  # UNet activations in NHWC (faster convolutions on recent GPUs)
     compile_unet: Optional[str] = None  # a torch.compile backend for the UNet, e.g. "inductor"
@@ -89,9 +89,9 @@ class LoraConfig:
     """PEFT LoRA on the UNet's attention projections and on both CLIP text encoders."""
 
     rank: int = 64
-    alpha: float = 64.0
+    alpha: float = 64.0  # scale = alpha / rank
     dropout: float = 0.0
-    init: str = "gaussian"
+    init: str = "gaussian"  # default | gaussian | pissa | olora (peft's init_lora_weights)
     unet_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     train_text_encoders: bool = True
@@ -121,19 +121,19 @@ class DataConfig:
     """A folder of images with sidecar `.txt` captions or a `metadata.jsonl`."""
 
     root: str = "???"
-    trigger: str = TRIGGER
+    trigger: str = TRIGGER  # put first in any caption that lacks it
     resolution: int = 1024
-    crop: str = "center"
-    random_flip: bool = False
+    crop: str = "center"  # center | random
+    random_flip: bool = False  # off: a flip mirrors asymmetric costume details
     batch_size: int = 4
     num_workers: int = 4
     demo: Optional[DemoDataConfig] = None
     validation_prompts: list[str] = field(default_factory=list)
     bucketing: bool = True  # SDXL's aspect-ratio buckets scaled to `resolution`; false: square crops only
-    bucket_multiple: int = 32  # bucket sides are multiples of this (SDXL's UNet needs 32 at the pixel level)
+    bucket_multiple: int = 32  # bucket sides are multiples of this (SDXL's UNet needs 32; 8 is enough for model=tiny)
     on_bad_file: str = "skip"  # skip (log the file and why, summary at start) | error (raise naming it)
     min_image_side: int = 64  # images whose shorter side is smaller are bad files
-    max_image_pixels: int = 89_478_485  # larger images are bad files (PIL itself refuses > 2x this default)
+    max_image_pixels: int = 89_478_485  # larger images are bad files (decompression bombs; PIL refuses > 2x this)
     cache_latents: bool = False  # VAE latents cached on disk under `cache_dir`, reused across runs
     cache_text_embeddings: bool = False  # prompt embeddings cached too, when lora.train_text_encoders=false
     cache_dir: Optional[str] = None
@@ -182,9 +182,9 @@ class OptimConfig:
 class ObjectiveConfig:
     """The denoising loss: prediction target and the usual re-weightings."""
 
-    prediction_type: Optional[str] = None  # None: take it from the model's scheduler config
+    prediction_type: Optional[str] = None  # None: the model's scheduler config decides (epsilon for SDXL base)
     noise_offset: float = 0.0
-    min_snr_gamma: Optional[float] = None
+    min_snr_gamma: Optional[float] = None  # e.g. 5.0
 
     def __post_init__(self) -> None:
         if self.prediction_type is not None:
@@ -199,7 +199,7 @@ class ObjectiveConfig:
 class CheckpointConfig:
     """LoRA-only Lightning checkpoints under `<run dir>/checkpoints`."""
 
-    every_n_train_steps: Optional[int] = None  # None: at the end of training only
+    every_n_train_steps: Optional[int] = None  # None: at the end of training only; e.g. 200
     save_last: bool = True
     at_steps: list[int] = field(default_factory=list)  # extra checkpoints, e.g. the seed's 200/400/800/1500
 
@@ -252,7 +252,7 @@ class TrainConfig:
     trainer: Any = field(default_factory=lambda: {"_target_": "lightning.Trainer"})
     logger: Any = field(default_factory=dict)  # name -> Lightning logger spec (`_target_`)
     seed: int = 0
-    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint
+    ckpt_path: Optional[str] = None  # resume from this Lightning checkpoint, e.g. outputs/.../checkpoints/last.ckpt
     optimized_metric: str = "train/loss"  # what train.py returns to a Hydra sweeper
     # progress-bar refresh, in steps: each refresh reads the loss back from the GPU, which stalls the step
     progress_every_n_steps: int = 10

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from aldar_lit.atomic_write import replacing_dir
+from aldar_lit.config.shared import TRIGGER
 
 FORMAT_VERSION = 1
 
@@ -212,7 +213,7 @@ def generate_demo_dataset(
     num_images: int = 24,
     size: int = 256,
     seed: int = 0,
-    trigger: str = "aldar_kose_man",
+    trigger: str = TRIGGER,
 ) -> Path:
     """Write num_images PNGs (000.png ...) each with a sidecar caption 000.txt into out_dir; return out_dir."""
     if num_images < 1:
