@@ -55,7 +55,7 @@ def test_report_without_validation_scores_and_cli(tmp_path, capsys):
     fake_run(tmp_path, "0", ["optim.unet_lr=1e-4"], summary(4, None, None))
     fake_run(tmp_path, "1", ["optim.unet_lr=5e-4"], summary(4, None, None))
     assert main([str(tmp_path)]) == 0
-    assert "| 1 | optim.unet_lr=5e-4 |  |  | 20 |" in capsys.readouterr().out
+    assert "| 1 | optim.unet_lr=5e-4 | – | – | 20 |" in capsys.readouterr().out  # unset as a dash, as in report.md
     assert main([]) == 2
 
 

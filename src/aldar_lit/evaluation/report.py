@@ -3,8 +3,6 @@ summary.csv, comparisons.csv, report.md, plots (*.png) and sample grids per mode
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from aldar_lit.atomic_write import write_bytes
 from aldar_lit.evaluation.metrics import DEFINITIONS, base_metric, storyboard_means
+from aldar_lit.report_tables import fmt, markdown_table, pyplot, save_figure
 
 RESULT_COLUMNS = ("mode", "story", "seed", "frame", "prompt", "metric", "value")
 SUMMARY_COLUMNS = ("mode", "metric", "n", "n_total", "storyboards", "mean", "ci_low", "ci_high")
@@ -21,28 +19,10 @@ COMPARISON_COLUMNS = ("metric", "treatment", "control", "n_pairs", "n_units", "s
                       "ci_high", "p_value", "p_method", "mde", "significant")
 
 
-def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def interval(row: dict[str, Any], key: str = "mean") -> str:
     if math.isnan(row["ci_low"]):
         return fmt(row[key])
     return f"{fmt(row[key])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def how_to_read(summary: list[dict[str, Any]], comparisons: list[dict[str, Any]], confidence: float,
@@ -162,25 +142,9 @@ def report_markdown(facts: dict[str, Any], summary: list[dict[str, Any]], compar
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    _pyplot().close(fig)
-    write_bytes(path, buffer.getvalue())
-
-
 def plot_metric_bars(summary: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
     """One panel per metric: a bar per mode with its CI as error bar, and a dot per storyboard (its mean)."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [m for m in dict.fromkeys(r["metric"] for r in summary)
                if base_metric(m) not in ("qa_attempts", "seconds", "peak_memory_gb")]
     columns = min(4, len(metrics)) or 1
@@ -208,7 +172,7 @@ def plot_metric_bars(summary: list[dict[str, Any]], rows: list[dict[str, Any]], 
 
 def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path: Path, max_columns: int = 4) -> None:
     """Frame x frame face cosines per storyboard: one row per mode, one column per (story, seed)."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = [k for k in heatmaps if k[3] == backend]
     modes = list(dict.fromkeys(k[0] for k in keys))
     stories = list(dict.fromkeys(k[1:3] for k in keys))[:max_columns]
@@ -233,7 +197,7 @@ def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path
 
 def plot_sweep(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
     """Evaluation score per run against LoRA rank and against training steps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for axis, key, label in ((axes[0], "lora_rank", "LoRA rank"), (axes[1], "global_step", "training steps")):
         for metric in metrics:

@@ -26,6 +26,7 @@ from aldar_lit.evaluation.vlm_judge import JudgeItem, JudgeReport, judge
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.pipelines.outputs import write_contact_sheet
 from aldar_lit.quality.face_identity import build_identity_embedders
+from aldar_lit.report_tables import fmt, markdown_table, to_csv
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,9 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
     random_weights = cfg.random_weight_parts()
     if random_weights:  # test mode: the statistics are kept, the verdicts are not
         comparisons = [{**c, "significant": None} for c in comparisons]
-    write_text(out_dir / "results.csv", report.to_csv(measurements.rows, report.RESULT_COLUMNS))
-    write_text(out_dir / "summary.csv", report.to_csv(summary, report.SUMMARY_COLUMNS))
-    write_text(out_dir / "comparisons.csv", report.to_csv(comparisons, report.COMPARISON_COLUMNS))
+    write_text(out_dir / "results.csv", to_csv(measurements.rows, report.RESULT_COLUMNS))
+    write_text(out_dir / "summary.csv", to_csv(summary, report.SUMMARY_COLUMNS))
+    write_text(out_dir / "comparisons.csv", to_csv(comparisons, report.COMPARISON_COLUMNS))
     notes = [f"identity backend `{name}` did not run: {why}" for name, why in scorers.unavailable.items()]
     if judge_report is not None:
         notes.append(judge_report.summary())
@@ -141,13 +142,13 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
         summary = summarise(measured.rows, ["simple"], cfg.stats.num_resamples, cfg.stats.confidence, cfg.stats.seed)
         for entry in summary:
             row[entry["metric"]] = entry["mean"]
-            row[f"{entry['metric']}_ci"] = f"[{report.fmt(entry['ci_low'])}, {report.fmt(entry['ci_high'])}]"
+            row[f"{entry['metric']}_ci"] = f"[{fmt(entry['ci_low'])}, {fmt(entry['ci_high'])}]"
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    write_text(out_dir / "sweep_eval.csv", report.to_csv(rows, columns))
+    write_text(out_dir / "sweep_eval.csv", to_csv(rows, columns))
     shown = [c for c in ("run", "overrides", "lora_rank", "global_step", "best_step", "best_score", "train_seconds",
                          "peak_memory_bytes", "adapter_bytes", *SWEEP_METRICS) if c in columns]
     shown += [c for c in columns if c.startswith(("id_to_train/", "face_detected/"))]
-    table = report.markdown_table(shown, [[report.fmt(r.get(c)) for c in shown] for r in rows])
+    table = markdown_table(shown, [[fmt(r.get(c)) for c in shown] for r in rows])
     write_text(out_dir / "sweep_eval.md",
                       "\n".join([f"# Sweep evaluation: {sweep_dir}", "",
                                  f"Every run's LoRA in mode simple on the suite ({len(cfg.suite.seeds)} seeds); "

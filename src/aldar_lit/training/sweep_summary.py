@@ -9,8 +9,6 @@ Runs after a Hydra multirun through `SweepSummaryCallback` (conf/hydra/default.y
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -22,7 +20,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aldar_lit.atomic_write import write_bytes, write_text
+from aldar_lit.atomic_write import write_text
+from aldar_lit.report_tables import fmt, markdown_table, pyplot, save_figure, to_csv
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +100,6 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path, columns: tuple[str, ...] = COLUMNS,
                 study: str | None = None) -> str:
     """With `study` (an Optuna sweep), the best run is the study's best trial (the `best_trial` column)."""
@@ -129,19 +114,13 @@ def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path, columns: tuple[str,
         trial = "" if study is None else f"trial {best['trial']}, "
         lines += [f"Best run: `{best['run']}` ({trial}{best['overrides'] or 'no overrides'}), val/score "
                   f"{best['best_score']:.4f} at step {best['best_step']}.", ""]
-    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += markdown_table(columns, [[fmt(row[c]) for c in columns] for row in rows])
     return "\n".join(lines) + "\n"
 
 
 def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> None:
     """Left: best val/score per run against the sweep axis; right: val/score over steps per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4))
     scored = [r for r in rows if r["best_score"] is not None]
     left.plot(range(len(scored)), [r["best_score"] for r in scored], marker="o", linestyle="none")
     left.set_xticks(range(len(scored)), [r["overrides"] or r["run"] for r in scored], rotation=30, ha="right",
@@ -159,10 +138,7 @@ def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> 
     if right.lines:
         right.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
