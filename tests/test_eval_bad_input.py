@@ -55,7 +55,7 @@ def write_manifest(run_dir: Path, mode: str, prompts: list[str], seeds: list[int
         (run_dir / "frames").mkdir(parents=True, exist_ok=True)
         image.save(run_dir / "frames" / f"{index:02d}.png")
         frames.append({"index": index, "file": f"frames/{index:02d}.png", "prompt": prompt, "seconds": 1.5,
-                       "chosen_attempt": 0, "attempts": [{"seed": seed, "guidance_scale": 7.5, "qa": {"failures": []}}]})
+                       "chosen_attempt": 1, "attempts": [{"seed": seed, "guidance_scale": 7.5, "qa": {"failures": []}}]})
     (run_dir / "manifest.json").write_text(json.dumps({
         "status": "complete", "mode": mode, "base_model": "x", "lora": {"path": None, "scale": 1.0},
         "generation": {}, "qa": {"enabled": True}, "frames": frames, "timings": {}}))
@@ -122,7 +122,7 @@ def matching_manifest(cfg, mode: str, seed: int) -> tuple[dict, list]:
     plans = plan_frames(config, story.scenes)
     ip, cn = cfg.adapters.ip_adapter, cfg.adapters.controlnet
     frames = [{"index": p.index, "file": f"frames/{p.index:02d}.png", "prompt": p.prompt, "seconds": 1.0,
-               "chosen_attempt": 0,
+               "chosen_attempt": 1,
                "attempts": [{"seed": p.settings.seed, "guidance_scale": p.settings.guidance_scale}],
                "active_adapters": {} if mode != "ref_guided" or p.index == 1 else {
                    "ip_adapter": {"scale": ip.scale}, "controlnet": {"conditioning_scale": cn.conditioning_scale}}}

@@ -167,8 +167,9 @@ def test_qa_auto_fix_retries_and_keeps_the_best_attempt(tiny_model_dir, tmp_path
     assert attempts[0]["fix"] is None and attempts[1]["fix"].startswith("no_face")
     assert all(a["qa"]["failures"] == ["no_face"] for a in attempts)
     scores = [a["qa"]["scores"]["prompt_clip_t"] for a in attempts]
-    assert frame["chosen_attempt"] == int(np.argmax(scores)), "among equal failures the best CLIP-T is kept"
-    assert frame["seed"] == attempts[frame["chosen_attempt"]]["seed"]
+    assert frame["chosen_attempt"] == int(np.argmax(scores)) + 1, "among equal failures the best CLIP-T is kept"
+    kept = attempts[frame["chosen_attempt"] - 1]
+    assert kept["attempt"] == frame["chosen_attempt"] and frame["seed"] == kept["seed"]  # both count from 1
     assert frame["flagged"] is True and metric == 0.0
     assert any("no attempt passed QA in 3" in w for w in frame["warnings"])
 

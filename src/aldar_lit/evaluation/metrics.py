@@ -151,7 +151,7 @@ class Frame:
 def frames_of(run: StoryboardRun) -> list[Frame]:
     frames = []
     for entry in run.manifest.get("frames") or []:
-        kept = entry["attempts"][entry.get("chosen_attempt", 0)]
+        kept = entry["attempts"][entry.get("chosen_attempt", 1) - 1]  # attempts count from 1
         qa = kept.get("qa")
         anomaly = None if qa is None else any(f in ANOMALIES for f in qa.get("failures", []))
         frames.append(Frame(run, int(entry["index"]), entry["prompt"], load_rgb(run.dir / entry["file"]),

@@ -41,7 +41,7 @@ def storyboard_html(title: str, frames: Sequence[dict[str, Any]], images: Sequen
     cards = []
     for frame, image in zip(frames, images):
         data = base64.b64encode(png_bytes(image)).decode("ascii")
-        final = frame["attempts"][frame["chosen_attempt"]]
+        final = frame["attempts"][frame["chosen_attempt"] - 1]  # attempts count from 1
         qa = final.get("qa") or {}
         scores = qa.get("scores", {})
         verdict = "no QA" if not qa else ("passed" if qa.get("passed") else "FLAGGED: " + ", ".join(qa["failures"]))

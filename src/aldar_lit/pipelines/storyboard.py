@@ -253,11 +253,11 @@ class Storyboard:
                 settings, fix_reason = fix.settings, fix.reason
         chosen = max(range(len(images)), key=lambda i: reports[i].rank() if reports[i] is not None else ())
         final = frame["attempts"][chosen]
-        frame.update(chosen_attempt=chosen, seed=final["seed"], guidance_scale=final["guidance_scale"],
+        frame.update(chosen_attempt=final["attempt"], seed=final["seed"], guidance_scale=final["guidance_scale"],
                      passed=None if reports[chosen] is None else reports[chosen].passed)
         frame["flagged"] = frame["passed"] is False
         if frame["flagged"]:
-            self.record.warn(f"frame {plan.index}: no attempt passed QA in {len(images)}; kept attempt {chosen + 1} "
+            self.record.warn(f"frame {plan.index}: no attempt passed QA in {len(images)}; kept attempt {final['attempt']} "
                              f"({', '.join(reports[chosen].failures)})", frame)
         if plan.index == 1 and self.config.adapters.reference_image is None:
             self.set_reference(images[chosen], "frame 1", frame)

@@ -83,7 +83,7 @@ def step_manifest(samples: Sequence[Sample], paths: Sequence[Path], metrics: dic
                   step: int) -> dict[str, Any]:
     """The step's samples as storyboard manifest frames (index, file, prompt, seed, one attempt without QA)."""
     frames = [{"index": index, "file": path.name, "prompt": sample.prompt, "seed": sample.seed,
-               "attempts": [{"attempt": 1, "seed": sample.seed, "qa": None}], "chosen_attempt": 0}
+               "attempts": [{"attempt": 1, "seed": sample.seed, "qa": None}], "chosen_attempt": 1}
               for index, (sample, path) in enumerate(zip(samples, paths), start=1)]
     return {"status": "complete", "mode": "validation", "step": step, "metrics": metrics, "frames": frames}
 
