@@ -27,6 +27,7 @@ from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.pipelines.outputs import write_contact_sheet
 from aldar_lit.quality.face_identity import build_identity_embedders
 from aldar_lit.report_tables import fmt, markdown_table, to_csv
+from aldar_lit.tracking import trained_adapter_artifact, use_adapter_artifact
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,13 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
 def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: list[Path]) -> None:
     import wandb
 
+    adapter = trained_adapter_artifact(cfg.lora.path) if cfg.lora.path else None
     run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir), job_type="evaluate",
                      config={"modes": cfg.modes, "seeds": cfg.suite.seeds, "base_model": cfg.model.pretrained,
-                             "lora": cfg.lora.path})
+                             "lora": cfg.lora.path, "lora_artifact": adapter})
     try:
+        if adapter is not None:
+            use_adapter_artifact(run, adapter)
         run.log({"summary": wandb.Table(columns=list(report.SUMMARY_COLUMNS),
                                         data=[[r[c] for c in report.SUMMARY_COLUMNS] for r in summary]),
                  "comparisons": wandb.Table(columns=list(report.COMPARISON_COLUMNS),

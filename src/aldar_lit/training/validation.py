@@ -128,8 +128,10 @@ class ValidationSampler(L.Callback):
         if step % self.every_n_steps or any(entry["step"] == step for entry in self.history):
             return  # not due, or already evaluated at this step (gradient accumulation)
         metrics = self.evaluate(trainer, pl_module)
-        for name, value in metrics.items():
-            pl_module.log(f"val/{name}", value, on_step=True, on_epoch=False, batch_size=1)
+        for name, value in metrics.items():  # for the val/score checkpoint monitor; the loggers get them below
+            pl_module.log(f"val/{name}", value, on_step=True, on_epoch=False, batch_size=1, logger=False)
+        for logger in trainer.loggers:  # at the step of the checkpoint scored, like its images (Lightning: step - 1)
+            logger.log_metrics({f"val/{name}": value for name, value in metrics.items()}, step=step)
         self.history.append({"step": step, **metrics})
         log.info("step %d: %s", step, ", ".join(f"val/{k}={v:.4f}" for k, v in metrics.items()))
 
