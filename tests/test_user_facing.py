@@ -68,3 +68,21 @@ def test_hydra_full_error_shows_the_traceback_and_a_multirun_stops_on_the_failed
     assert sweep.returncode == 1 and "Traceback" not in sweep.stderr
     assert "error: lora: 'nowhere_a': no such directory" in sweep.stderr
     assert {p.name for p in (tmp_path / "sweep").iterdir()} >= {"0", "1"}  # each job ran and has its own record
+
+
+def test_identity_heatmap_titles_clear_the_axis_labels_of_the_row_above() -> None:
+    import numpy as np
+
+    from aldar_lit.evaluation.report import identity_heatmaps_figure
+
+    matrix = np.eye(3)
+    heatmaps = {(mode, story, seed, "dlib"): matrix for mode in ("baseline", "simple", "ref_guided")
+                for story, seed in (("aldar_kose", 0), ("aldar_kose", 1))}
+    fig = identity_heatmaps_figure(heatmaps, "dlib")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = np.array(fig.axes[:6]).reshape(3, 2)
+    for above, below in zip(axes[:-1].ravel(), axes[1:].ravel()):
+        label = above.xaxis.label.get_window_extent(renderer)
+        title = below.title.get_window_extent(renderer)
+        assert not label.overlaps(title), (above.get_title(), below.get_title())

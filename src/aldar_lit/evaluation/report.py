@@ -171,12 +171,17 @@ def plot_metric_bars(summary: list[dict[str, Any]], rows: list[dict[str, Any]], 
 
 
 def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path: Path, max_columns: int = 4) -> None:
+    save_figure(identity_heatmaps_figure(heatmaps, backend, max_columns), path)
+
+
+def identity_heatmaps_figure(heatmaps: dict[tuple, np.ndarray], backend: str, max_columns: int = 4):
     """Frame x frame face cosines per storyboard: one row per mode, one column per (story, seed)."""
     plt = pyplot()
     keys = [k for k in heatmaps if k[3] == backend]
     modes = list(dict.fromkeys(k[0] for k in keys))
     stories = list(dict.fromkeys(k[1:3] for k in keys))[:max_columns]
-    fig, axes = plt.subplots(len(modes), len(stories), figsize=(3 * len(stories), 2.8 * len(modes)), squeeze=False)
+    fig, axes = plt.subplots(len(modes), len(stories), figsize=(3 * len(stories), 2.8 * len(modes)), squeeze=False,
+                             layout="constrained")  # two-line titles clear the axis labels of the row above
     image = None
     for r, mode in enumerate(modes):
         for c, (story, seed) in enumerate(stories):
@@ -192,7 +197,7 @@ def plot_identity_heatmaps(heatmaps: dict[tuple, np.ndarray], backend: str, path
             ax.set_ylabel("frame", fontsize=7)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"face cosine ({backend}); blank: no face")
-    save_figure(fig, path)
+    return fig
 
 
 def plot_sweep(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
