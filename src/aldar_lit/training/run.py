@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class, get_method, instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +33,7 @@ from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.quality.references import select_references
 from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.redaction import REDACTED, is_secret_key
+from aldar_lit.tracking import adapter_artifact_name, log_adapter_artifact
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
 from aldar_lit.training.module import SDXLLoRAModule
@@ -102,10 +103,12 @@ def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[C
     if config.checkpoint.at_steps:
         callbacks.append(StepCheckpoint(config.checkpoint.at_steps, output_dir / "checkpoints",
                                         config.checkpoint.every_n_train_steps))
+    loggers = [instantiate(spec, **csv_version(spec)) for spec in config.logger.values()]
+    if loggers:  # lr-<optimizer>/<unet|text_encoder|text_encoder_2>: one curve per parameter group
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if config.trainer.get("enable_progress_bar", True):
         # not Rich's bar, which reads the metrics back from the GPU after every step whatever its refresh rate
         callbacks.append(TQDMProgressBar(refresh_rate=config.progress_every_n_steps))
-    loggers = [instantiate(spec, **csv_version(spec)) for spec in config.logger.values()]
     return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
                        plugins=[AtomicCheckpointIO()])
 
@@ -167,19 +170,8 @@ def export_selected(module: SDXLLoRAModule, config: TrainConfig, selection: Sele
     return files, report
 
 
-def log_adapter_artifact(trainer: L.Trainer, lora_dir: Path, summary: dict[str, Any]) -> None:
-    """The exported adapter as a W&B artifact (kept in the offline run dir when W&B is offline)."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            import wandb  # only with a W&B logger: the import is slow
-
-            metadata = {k: summary[k] for k in ("base_model", "lora", "global_step", "best_step", "best_score")
-                        if k in summary}
-            artifact = wandb.Artifact(f"lora-{logger.experiment.id}", type="lora", metadata=metadata)
-            artifact.add_dir(str(lora_dir))
-            logger.experiment.log_artifact(artifact)
-            logger.experiment.summary.update({k: v for k, v in metadata.items() if k != "lora"})
-            logger.experiment.finish()  # a sweep runs its jobs in one process: the next job starts a new run
+def wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
+    return next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
 
 
 def peak_memory() -> tuple[int, str]:
@@ -230,9 +222,16 @@ def run(cfg: DictConfig) -> float:
     adapter_files, selected = export_selected(module, config, selection, output_dir)
     summary = {**make_summary(config, module, trainer, train_seconds, adapter_files),
                "resumed_from": resume.resumed_from, **selected}
+    tracker = wandb_logger(trainer)
+    if tracker is not None:  # what evaluate.py names as its input (aldar_lit.tracking)
+        run_id = tracker.experiment.id
+        summary["wandb"] = {"project": tracker.experiment.project, "run_id": run_id, "run_dir": tracker.experiment.dir,
+                            "artifact": adapter_artifact_name(run_id)}
     write_json(output_dir / "summary.json", summary)
     log.info("LoRA written to %s", output_dir / "lora")
-    log_adapter_artifact(trainer, output_dir / "lora", summary)
+    if tracker is not None:
+        log_adapter_artifact(tracker.experiment, output_dir / "lora", summary)
+        tracker.experiment.finish()  # a sweep runs its jobs in one process: the next job starts a new run
     if config.optimized_metric == SCORE_KEY:
         return summary["best_score"]
     metric = trainer.callback_metrics.get(config.optimized_metric)
