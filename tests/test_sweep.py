@@ -12,6 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from aldar_lit.artifacts import RunSummary, write_run_summary
 from aldar_lit.training.sweep_summary import main, write_sweep_summary
 from conftest import REPO_ROOT
 
@@ -20,7 +21,7 @@ def fake_run(sweep_dir: Path, job: str, overrides: list[str], summary: dict) -> 
     run_dir = sweep_dir / job
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_run_summary(run_dir, RunSummary(**summary))
 
 
 def summary(rank: int, best: float | None, step: int | None) -> dict:

@@ -1,17 +1,31 @@
-"""Typed files passed between stages. `AdapterCard`: what an exported `lora/` folder was trained for,
-so that `infer.py lora.path=...` needs nothing else."""
+"""Typed files passed between stages, each with a version, one writer and one reader.
+
+`AdapterCard` (`lora/adapter_card.json`): what an exported adapter was trained for, so that `infer.py lora.path=...`
+needs nothing else. `RunSummary` (`summary.json` of a training run): what train.py did and what it cost. A reader
+names the file when it is unreadable, of another version or has unknown fields; a file from before versions is read
+with a warning.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar
 
 from aldar_lit.atomic_write import write_json
 
+log = logging.getLogger(__name__)
+
 ADAPTER_CARD = "adapter_card.json"
+RUN_SUMMARY = "summary.json"
+Artifact = TypeVar("Artifact")
+
+
+class ArtifactError(ValueError):
+    """A file passed between stages that cannot be read as what it should be; the message names the file."""
 
 
 @dataclass
@@ -40,16 +54,68 @@ def write_adapter_card(directory: str | os.PathLike, card: AdapterCard) -> Path:
 
 
 def read_adapter_card(directory: str | os.PathLike) -> AdapterCard:
-    """The card in `directory`; ValueError naming the file if it is unreadable or of another version."""
-    path = Path(directory) / ADAPTER_CARD
+    return read_artifact(Path(directory) / ADAPTER_CARD, AdapterCard, "adapter card")
+
+
+@dataclass
+class RunSummary:
+    """Written by train.py into its run directory when training completes or stops on a signal."""
+
+    status: str = "completed"  # "completed" | "interrupted"
+    base_model: Optional[str] = None
+    model: Optional[str] = None
+    global_step: Optional[int] = None
+    train_seconds: Optional[float] = None
+    peak_memory_bytes: Optional[int] = None
+    peak_memory_kind: Optional[str] = None  # "cuda_max_allocated" | "process_max_rss"
+    lora: dict[str, Any] = field(default_factory=dict)  # rank, alpha, unet_targets, text_encoder_targets
+    trainable_params: Optional[int] = None
+    checkpoint_bytes: Optional[int] = None
+    adapter_bytes: dict[str, int] = field(default_factory=dict)  # format -> bytes of the exported file
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    metrics_csv: list[str] = field(default_factory=list)
+    seed: Optional[int] = None
+    resumed_from: Optional[dict[str, Any]] = None  # checkpoint and its step, when the run resumed
+    best_checkpoint: Optional[str] = None  # with validation: the checkpoint the adapter was exported from
+    best_step: Optional[int] = None
+    best_score: Optional[float] = None
+    score_weights: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)  # step and scores of every validation
+    interrupted_by: Optional[str] = None  # status interrupted: the signal, the checkpoint and how to resume
+    resume_checkpoint: Optional[str] = None
+    resume_command: Optional[str] = None
+    wandb: Optional[dict[str, str]] = None  # project, run_id, run_dir, artifact
+    version: int = 1
+
+
+def write_run_summary(directory: str | os.PathLike, summary: RunSummary) -> Path:
+    path = Path(directory) / RUN_SUMMARY
+    write_json(path, asdict(summary))
+    return path
+
+
+def read_run_summary(directory: str | os.PathLike) -> RunSummary:
+    return read_artifact(Path(directory) / RUN_SUMMARY, RunSummary, "run summary")
+
+
+def read_artifact(path: Path, kind: type[Artifact], what: str) -> Artifact:
+    """The `kind` dataclass stored at `path`; ArtifactError naming the file unless it is one of this version."""
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the adapter card ({err})") from err
-    known = {f.name for f in fields(AdapterCard)}
-    if not isinstance(payload, dict) or payload.get("version") != AdapterCard.version or not known.issuperset(payload):
-        raise ValueError(f"{path}: not an adapter card of version {AdapterCard.version} with fields {sorted(known)}")
+        raise ArtifactError(f"{path}: cannot read the {what} ({err})") from err
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"{path}: not a {what} (a JSON object expected)")
+    version = kind.__dataclass_fields__["version"].default
+    if "version" not in payload:
+        log.warning("%s: a %s without a version (written before versions); read as version %d", path, what, version)
+        payload = {**payload, "version": version}
+    if payload["version"] != version:
+        raise ArtifactError(f"{path}: {what} version {payload['version']!r}; this aldar_lit reads version {version}")
+    unknown = set(payload) - {f.name for f in fields(kind)}
+    if unknown:
+        raise ArtifactError(f"{path}: not a {what} of version {version}: unknown fields {sorted(unknown)}")
     try:
-        return AdapterCard(**payload)
+        return kind(**payload)
     except TypeError as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise ArtifactError(f"{path}: not a {what} of version {version}: {err}") from err

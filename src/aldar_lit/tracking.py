@@ -7,7 +7,6 @@ each evaluation to the training run that produced the adapter.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict
@@ -17,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aldar_lit.artifacts import read_adapter_card
+from aldar_lit.artifacts import RUN_SUMMARY, read_adapter_card, read_run_summary
 
 log = logging.getLogger(__name__)
 ADAPTER_ARTIFACT_TYPE = "lora"
@@ -63,10 +62,10 @@ def log_adapter_artifact(run: Any, lora_dir: Path, summary: dict[str, Any]) -> N
 
 def trained_adapter_artifact(lora_dir: str | os.PathLike) -> str | None:
     """The artifact name the training run of `lora_dir` logged (its summary.json, next to `lora/`), if any."""
-    summary = Path(lora_dir).expanduser().parent / "summary.json"
-    if not summary.is_file():
+    run_dir = Path(lora_dir).expanduser().parent
+    if not (run_dir / RUN_SUMMARY).is_file():
         return None
-    return (json.loads(summary.read_text()).get("wandb") or {}).get("artifact")
+    return (read_run_summary(run_dir).wandb or {}).get("artifact")
 
 
 def use_adapter_artifact(run: Any, artifact: str) -> None:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from aldar_lit.atomic_write import write_json
+from aldar_lit.artifacts import RunSummary, write_run_summary
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.models.export import export_lora
@@ -211,7 +211,7 @@ def run(cfg: DictConfig) -> float:
         if trainer.is_global_zero:
             summary = {**make_summary(config, module, trainer, time.perf_counter() - started, {}),
                        "resumed_from": resume.resumed_from, **interrupted_summary(interruption, output_dir)}
-            write_json(output_dir / "summary.json", summary)
+            write_run_summary(output_dir, RunSummary(**summary))
             log.warning("training stopped by %s after step %d; resume with:\n  %s", summary["interrupted_by"],
                         summary["global_step"], summary["resume_command"])
         raise SystemExit(interruption.exit_code) from stop
@@ -227,7 +227,7 @@ def run(cfg: DictConfig) -> float:
         run_id = tracker.experiment.id
         summary["wandb"] = {"project": tracker.experiment.project, "run_id": run_id, "run_dir": tracker.experiment.dir,
                             "artifact": adapter_artifact_name(run_id)}
-    write_json(output_dir / "summary.json", summary)
+    write_run_summary(output_dir, RunSummary(**summary))
     log.info("LoRA written to %s", output_dir / "lora")
     if tracker is not None:
         log_adapter_artifact(tracker.experiment, output_dir / "lora", summary)

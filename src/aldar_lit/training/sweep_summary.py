@@ -9,7 +9,6 @@ Runs after a Hydra multirun through `SweepSummaryCallback` (conf/hydra/default.y
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from aldar_lit.artifacts import RUN_SUMMARY, read_run_summary
 from aldar_lit.atomic_write import write_text
 from aldar_lit.report_tables import fmt, markdown_table, pyplot, save_figure, to_csv
 
@@ -31,8 +31,8 @@ COLUMNS = ("run", "overrides", "best_score", "best_step", "global_step", "train_
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """A run directory's summary.json and Hydra overrides (`.hydra/overrides.yaml`)."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    """A run directory's summary (`RunSummary`) and Hydra overrides (`.hydra/overrides.yaml`)."""
+    summary = read_run_summary(run_dir)
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     return {"dir": run_dir, "summary": summary, "overrides": list(overrides or [])}
@@ -44,7 +44,7 @@ def find_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         name = path.parent.relative_to(sweep_dir).as_posix()
         return (int(name), name) if name.isdigit() else (sys.maxsize, name)
 
-    return [read_run(path.parent) for path in sorted(sweep_dir.glob("*/summary.json"), key=job_order)]
+    return [read_run(path.parent) for path in sorted(sweep_dir.glob(f"*/{RUN_SUMMARY}"), key=job_order)]
 
 
 def swept_overrides(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -88,14 +88,14 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "run": run["dir"].name,
             "overrides": " ".join(f"{k}={values[index]}" for k, values in axes.items()),
-            "best_score": summary.get("best_score"),
-            "best_step": summary.get("best_step"),
-            "global_step": summary.get("global_step"),
-            "train_seconds": summary.get("train_seconds"),
-            "peak_memory_bytes": summary.get("peak_memory_bytes"),
-            "adapter_bytes": summary.get("adapter_bytes", {}).get("diffusers"),
-            "trainable_params": summary.get("trainable_params"),
-            "lora_rank": summary.get("lora", {}).get("rank"),
+            "best_score": summary.best_score,
+            "best_step": summary.best_step,
+            "global_step": summary.global_step,
+            "train_seconds": summary.train_seconds,
+            "peak_memory_bytes": summary.peak_memory_bytes,
+            "adapter_bytes": summary.adapter_bytes.get("diffusers"),
+            "trainable_params": summary.trainable_params,
+            "lora_rank": summary.lora.get("rank"),
         })
     return rows
 
@@ -128,7 +128,7 @@ def plot(runs: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> 
     left.set_ylabel("best val/score")
     left.set_title("best score per run")
     for run, row in zip(runs, rows):
-        history = run["summary"].get("history") or []
+        history = run["summary"].history
         if history:
             right.plot([h["step"] for h in history], [h["score"] for h in history], marker="o",
                        label=row["overrides"] or row["run"])
