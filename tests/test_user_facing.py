@@ -86,3 +86,19 @@ def test_identity_heatmap_titles_clear_the_axis_labels_of_the_row_above() -> Non
         label = above.xaxis.label.get_window_extent(renderer)
         title = below.title.get_window_extent(renderer)
         assert not label.overlaps(title), (above.get_title(), below.get_title())
+
+
+@pytest.mark.parametrize(("command", "opening"), [
+    (["train.py"], "Train a character LoRA on SDXL"),
+    (["infer.py"], "Turn a story (a scene list"),
+    (["evaluate.py"], "Compare baseline, LoRA (simple) and reference-guided storyboards"),
+    (["-m", "aldar_lit.caption"], "Caption training images"),
+    (["-m", "aldar_lit.curate"], "Curate raw renders into a training set"),
+])
+def test_each_tool_has_its_own_help(command: list[str], opening: str) -> None:
+    script = [str(REPO_ROOT / command[0])] if command[0].endswith(".py") else command
+    result = subprocess.run([sys.executable, *script, "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(opening) and "Main keys:" in result.stdout
+    assert "is powered by Hydra" not in result.stdout and "== Config ==" not in result.stdout  # Hydra's generic page
