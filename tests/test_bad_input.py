@@ -15,7 +15,7 @@ from PIL import Image
 
 from aldar_lit.config import ConfigError, DataConfig
 from aldar_lit.data.dataset import CaptionedImageDataset, DataError, scan_folder
-from aldar_lit.data.images import load_rgb
+from aldar_lit.images import load_rgb
 
 RED, BLUE, WHITE = (230, 20, 20), (20, 20, 230), (255, 255, 255)
 

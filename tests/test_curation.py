@@ -100,7 +100,7 @@ def test_face_filter_keeps_a_real_face_and_drops_a_faceless_render(tmp_path) -> 
 
 
 def test_perceptual_hash_separates_different_images_and_matches_resized_ones(raw) -> None:
-    from aldar_lit.data.images import load_rgb
+    from aldar_lit.images import load_rgb
 
     a = perceptual_hash(greyscale(load_rgb(raw / "000.png"), 512))
     a_twin = perceptual_hash(greyscale(load_rgb(raw / "000_reencoded.jpg"), 512))

@@ -7,7 +7,9 @@ from skimage import data
 
 from aldar_lit.config import ConfigError
 from aldar_lit.config.infer import DetectorConfig
-from aldar_lit.quality.faces import FaceBox, HaarFaceDetector, MediaPipeFaceDetector, build_face_detector, crop_face
+from aldar_lit.data.curation import count_faces
+from aldar_lit.quality.faces import (FaceBox, HaarFaceDetector, MediaPipeFaceDetector, build_face_detector, crop_face,
+                                    haar_cascade)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +69,10 @@ def test_mediapipe_tasks_face_detector_on_the_astronaut(astronaut):
     faces = detector.detect(astronaut)
     assert len(faces) == 1 and 150 < faces[0].x + faces[0].w / 2 < 300 and faces[0].score > 0.5
     assert detector.detect(Image.new("RGB", (512, 512), (128, 128, 128))) == []
+
+
+def test_qa_and_curation_share_one_haar_cascade() -> None:
+    """Loaded once per process; curation's face count and QA's detector both find the astronaut's face with it."""
+    assert HaarFaceDetector()._cascade is haar_cascade() is haar_cascade()
+    astronaut = Image.fromarray(data.astronaut())
+    assert count_faces(np.asarray(astronaut.convert("L"))) == 1 == len(HaarFaceDetector().detect(astronaut))

@@ -22,7 +22,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Imported on the error path only, so that a tool's --help and config checks stay quick."""
     from aldar_lit.atomic_write import WriteError
     from aldar_lit.config import ConfigError
-    from aldar_lit.data.images import DataError
+    from aldar_lit.images import DataError
     from aldar_lit.evaluation.generation import ManifestError
     from aldar_lit.pipelines.generator import AdapterError
     from aldar_lit.pipelines.poses import PoseError

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from aldar_lit.atomic_write import write_bytes
-from aldar_lit.data.images import DataError
+from aldar_lit.images import DataError
 from aldar_lit.models.conditioning import encode_prompts
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from PIL import Image
 from aldar_lit.atomic_write import write_text
 from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.data.dataset import with_trigger
-from aldar_lit.data.images import DataError, list_image_files, load_rgb
+from aldar_lit.images import DataError, list_image_files, load_rgb
 from aldar_lit.config.prep import CaptionConfig
 from aldar_lit.redaction import scrub
 

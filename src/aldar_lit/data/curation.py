@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,9 @@ from PIL import Image
 
 from aldar_lit.atomic_write import replacing_dir
 from aldar_lit.config import ConfigError, to_schema
-from aldar_lit.data.images import DataError, list_image_files, load_rgb, read_caption
 from aldar_lit.image_grid import image_grid
+from aldar_lit.images import DataError, list_image_files, load_rgb, read_caption
+from aldar_lit.quality.faces import haar_cascade
 from aldar_lit.config.prep import CurateConfig
 
 log = logging.getLogger(__name__)
@@ -72,17 +72,8 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-@lru_cache(maxsize=1)
-def _face_cascade() -> cv2.CascadeClassifier:
-    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise RuntimeError(f"cannot load OpenCV's face cascade from {path}")
-    return cascade
-
-
 def count_faces(grey: np.ndarray) -> int:
-    faces = _face_cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    faces = haar_cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
     return len(faces)
 
 

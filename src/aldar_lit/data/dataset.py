@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from aldar_lit.config import BAD_FILE_POLICIES
 from aldar_lit.data.buckets import Bucket, nearest_bucket, resize_and_crop_box
 from aldar_lit.data.caches import TensorCache
-from aldar_lit.data.images import (
+from aldar_lit.images import (
     DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DataError, list_image_files, load_rgb, open_checked, read_caption,
 )
 

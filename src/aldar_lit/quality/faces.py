@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -38,18 +39,25 @@ class FaceDetector(Protocol):
     def detect(self, image: Image.Image) -> list[FaceBox]: ...
 
 
+@lru_cache(maxsize=1)
+def haar_cascade():
+    """OpenCV's frontal-face Haar cascade, loaded once per process (QA and curation share it)."""
+    import cv2
+
+    path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise RuntimeError(f"cannot load OpenCV's frontal-face Haar cascade from {path}")
+    return cascade
+
+
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade (`cv2.data.haarcascades`), shipped with opencv-python."""
 
     name = "haar"
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size_fraction: float = 0.05):
-        import cv2
-
-        path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
-        self._cascade = cv2.CascadeClassifier(str(path))
-        if self._cascade.empty():
-            raise RuntimeError(f"qa.detectors.face_backend=haar: cannot load {path}")
+        self._cascade = haar_cascade()
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size_fraction = min_size_fraction

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from PIL import Image
 
-from aldar_lit.data.images import DataError, list_image_files, load_rgb
+from aldar_lit.images import DataError, list_image_files, load_rgb
 
 T = TypeVar("T")
 
