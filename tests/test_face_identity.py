@@ -29,7 +29,7 @@ def test_dlib_same_person_scores_clearly_above_a_different_person(dlib_embedder)
     assert min(same.values()) - different > 0.05, (same, different)
     # the face box follows the face: a mirrored photo puts it on the other side
     flipped = main_face(dlib_embedder.embed(same_person_variants(astronaut())["flip"]))
-    assert abs((flipped.box[0] + flipped.box[2] / 2) - (512 - reference.box[0] - reference.box[2] / 2)) < 8
+    assert abs((flipped.box.x + flipped.box.w / 2) - (512 - reference.box.x - reference.box.w / 2)) < 8
 
 
 def test_dlib_finds_no_face_in_a_cat(dlib_embedder):

@@ -73,15 +73,17 @@ def test_arcface_rule_is_insightfaces_own_decision(tiny_arcface_onnx):
 
     from aldar_lit.config.evaluate import IdentityConfig
     from aldar_lit.quality.face_identity import IdentityFace
+    from aldar_lit.quality.faces import FaceBox
 
     assert IdentityConfig().arcface_same_person_cosine == DEFAULT_THRESHOLD
     embedder = ArcFaceOnnxEmbedder(tiny_arcface_onnx, same_person_cosine=IdentityConfig().arcface_same_person_cosine)
     rng = np.random.default_rng(0)
     basis = np.linalg.qr(rng.normal(size=(512, 2)))[0].T.astype(np.float32)  # two orthonormal 512-d directions
-    reference = IdentityFace((0, 0, 1, 1), basis[0])
+    reference = IdentityFace(FaceBox(0, 0, 1, 1), basis[0])
     decisions = []
     for cosine in [*np.linspace(-1, 1, 41), DEFAULT_THRESHOLD - 1e-3, DEFAULT_THRESHOLD + 1e-3]:
-        other = IdentityFace((0, 0, 1, 1), (cosine * basis[0] + np.sqrt(1 - cosine**2) * basis[1]).astype(np.float32))
+        direction = (cosine * basis[0] + np.sqrt(1 - cosine**2) * basis[1]).astype(np.float32)
+        other = IdentityFace(FaceBox(0, 0, 1, 1), direction)
         decisions.append((embedder.verification.same_person(reference, other),
                           compare_embeddings(reference.embedding, other.embedding)["decision"] == "Same Person"))
     assert all(ours == theirs for ours, theirs in decisions)

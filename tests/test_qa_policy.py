@@ -10,6 +10,7 @@ from aldar_lit.config import ConfigError
 from aldar_lit.config.infer import AutoFixConfig, ClipQAConfig, IdentityConfig, QAConfig, to_infer_config
 from aldar_lit.pipelines.storyboard import render_storyboard
 from aldar_lit.quality.face_identity import DLIB_SAME_PERSON_DISTANCE
+from aldar_lit.quality.faces import FaceBox
 from aldar_lit.quality.frame_qa import FrameQA
 from aldar_lit.pipelines.retry_policy import Settings, next_attempt
 from aldar_lit.quality.verdicts import (CUT_OFF, INVALID_POSE, LOW_IDENTITY, LOW_PROMPT_SCORE, MULTIPLE_FACES, NO_FACE,
@@ -50,11 +51,11 @@ def test_face_priority_over_pose_and_custom_values():
 
 def test_face_box_anomalies():
     assert face_failures(0, None, 512, 512, 0.05) == [NO_FACE]
-    assert face_failures(1, (200, 100, 90, 90), 512, 512, 0.05) == []
-    assert face_failures(2, (200, 100, 90, 90), 512, 512, 0.05) == [MULTIPLE_FACES]
-    assert face_failures(1, (200, 100, 20, 20), 512, 512, 0.05) == [TOO_SMALL]
-    assert face_failures(1, (0, 100, 90, 90), 512, 512, 0.05) == [CUT_OFF]
-    assert face_failures(1, (450, 100, 62, 62), 512, 512, 0.05) == [CUT_OFF]
+    assert face_failures(1, FaceBox(200, 100, 90, 90), 512, 512, 0.05) == []
+    assert face_failures(2, FaceBox(200, 100, 90, 90), 512, 512, 0.05) == [MULTIPLE_FACES]
+    assert face_failures(1, FaceBox(200, 100, 20, 20), 512, 512, 0.05) == [TOO_SMALL]
+    assert face_failures(1, FaceBox(0, 100, 90, 90), 512, 512, 0.05) == [CUT_OFF]
+    assert face_failures(1, FaceBox(450, 100, 62, 62), 512, 512, 0.05) == [CUT_OFF]
 
 
 def test_best_attempt_ranking_prefers_passing_then_fewer_failures_then_scores():

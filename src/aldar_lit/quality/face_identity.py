@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
+from aldar_lit.quality.faces import FaceBox
+
 if TYPE_CHECKING:
     from aldar_lit.config.infer import IdentityConfig
 
@@ -68,14 +70,14 @@ def load_model_file(backend: str, path: str | os.PathLike, loader: Callable[[str
 
 @dataclass(frozen=True)
 class IdentityFace:
-    box: tuple[int, int, int, int]  # x, y, width, height in pixels
+    box: FaceBox
     embedding: np.ndarray  # (D,) float32, unit L2 norm
     score: float = 1.0
     descriptor: Optional[np.ndarray] = None  # the model's raw output where its verification rule needs it (dlib)
 
     @property
     def area(self) -> int:
-        return self.box[2] * self.box[3]
+        return self.box.w * self.box.h
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,10 @@ class DlibDetector:
         return [(rect, float(score), self.predictor(rgb, rect)) for rect, score in zip(rects, scores)]
 
 
-def _box(rect, width: int, height: int) -> tuple[int, int, int, int]:
+def _box(rect, width: int, height: int) -> FaceBox:
     left, top = max(0, rect.left()), max(0, rect.top())
     right, bottom = min(width, rect.right() + 1), min(height, rect.bottom() + 1)
-    return left, top, max(0, right - left), max(0, bottom - top)
+    return FaceBox(left, top, max(0, right - left), max(0, bottom - top))
 
 
 class DlibEmbedder:
@@ -265,7 +267,7 @@ class InsightFaceEmbedder:
         for face in self.app.get(np.ascontiguousarray(rgb[:, :, ::-1])):
             x1, y1, x2, y2 = (int(round(v)) for v in face.bbox)
             x1, y1 = max(0, x1), max(0, y1)
-            box = (x1, y1, max(0, min(rgb.shape[1], x2) - x1), max(0, min(rgb.shape[0], y2) - y1))
+            box = FaceBox(x1, y1, max(0, min(rgb.shape[1], x2) - x1), max(0, min(rgb.shape[0], y2) - y1))
             faces.append(IdentityFace(box, unit(face.embedding), float(face.det_score)))
         return faces
 

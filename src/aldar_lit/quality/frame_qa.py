@@ -150,8 +150,7 @@ class FrameQA:
         if self.face_detector is not None:
             faces = self.face_detector.detect(image)
             main = largest(faces)
-            box = None if main is None else (main.x, main.y, main.w, main.h)
-            failures += face_failures(len(faces), box, image.width, image.height, self.cfg.min_face_fraction)
+            failures += face_failures(len(faces), main, image.width, image.height, self.cfg.min_face_fraction)
             if main is not None and reference is not None:
                 verdict = self.identity.verdict(image, main, reference)
                 if not verdict.same_person:
