@@ -59,7 +59,9 @@ def test_run_directory_contract(full_run: Path, cache_dir: Path) -> None:
     assert {p.name for p in (full_run / "checkpoints").iterdir()} == {"step-000004.ckpt", "step-000008.ckpt", "last.ckpt"}
     assert (full_run / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (full_run / "lora" / "lora_kohya.safetensors").is_file()
-    assert (full_run / "csv" / "metrics.csv").read_text().startswith("epoch,step,train/loss")
+    header = (full_run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert set(header) == {"epoch", "step", "train/loss", "lr-AdamW/unet", "lr-AdamW/text_encoder",
+                           "lr-AdamW/text_encoder_2"}  # the learning rate of each parameter group
 
 
 def test_checkpoint_holds_only_lora_and_training_state(full_run: Path) -> None:
