@@ -4,6 +4,7 @@ model, each logging offline as a user runs them (the records are what `wandb syn
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,27 @@ def test_run_names_are_the_tool_and_its_overrides_with_paths_shortened():
     assert run_name("train", ["experiment=lr_search", "data.root=/data/renders/aldar", "optim.unet_lr=0.0001"]) == (
         "train experiment=lr_search data.root=renders/aldar optim.unet_lr=0.0001")
     assert run_name("evaluate", []) == "evaluate"
+
+
+def test_each_job_is_named_unless_the_user_named_the_run_and_a_sweep_is_one_group(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from aldar_lit.tracking import WandbRunName
+    from aldar_lit.training.sweep_summary import SweepSummaryCallback
+
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    sweep = OmegaConf.create({"hydra": {"job": {"name": "train"}, "sweep": {"dir": str(tmp_path / "lr_search")}}})
+    SweepSummaryCallback().on_multirun_start(sweep)
+    assert os.environ["WANDB_RUN_GROUP"] == "train-lr_search" and (tmp_path / "lr_search").is_dir()
+
+    def job(*overrides: str):
+        return OmegaConf.create({"hydra": {"job": {"name": "train"}, "overrides": {"task": list(overrides)}}})
+
+    naming = WandbRunName()
+    naming.on_job_start(job("lora.rank=8"))
+    naming.on_job_start(job("lora.rank=16"))  # the next job of a sweep, in the same process
+    assert os.environ["WANDB_NAME"] == "train lora.rank=16"
+    monkeypatch.setenv("WANDB_NAME", "my run")
+    WandbRunName().on_job_start(job("lora.rank=8"))
+    assert os.environ["WANDB_NAME"] == "my run"
