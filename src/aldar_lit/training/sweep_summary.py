@@ -77,7 +77,8 @@ def optuna_trials(sweep_dir: Path, runs: list[dict[str, Any]]) -> tuple[list[int
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.number if complete else None
     counts = ", ".join(f"{states.count(state)} {state}" for state in dict.fromkeys(states))
-    return numbers, best, f"Optuna study `{study.study_name}` ({study.direction.name.lower()}): {len(states)} trials, {counts}"
+    direction = study.direction.name.lower()
+    return numbers, best, f"Optuna study `{study.study_name}` ({direction}): {len(states)} trials, {counts}"
 
 
 def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
