@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,33 @@ def test_each_tool_has_its_own_help(command: list[str], opening: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(opening) and "Main keys:" in result.stdout
     assert "is powered by Hydra" not in result.stdout and "== Config ==" not in result.stdout  # Hydra's generic page
+
+
+def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(tmp_path: Path, cache_dir: Path,
+                                                                              tiny_model_dir: Path) -> None:
+    """A tiny quickstart-style run from outside the checkout: its last lines name the adapter, the summary and the
+    storyboard command, which runs as printed and ends by naming its storyboard; no harmless-warning noise."""
+    run_dir = tmp_path / "train"
+    trained = tool("train.py", "experiment=quickstart", "callbacks=none", "logger=csv", "data.resolution=32",
+                   "lora.rank=2", "lora.alpha=4", "data.demo.num_images=4", "data.demo.size=64", "trainer.max_steps=2",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    lines = trained.stdout.strip().splitlines()
+    tail = lines[next(i for i, line in enumerate(lines) if line.endswith("training finished at step 2")):]
+    assert [line.strip() for line in tail[1:-1]] == [f"adapter:           {run_dir}/lora",
+                                                     f"summary:           {run_dir}/summary.json",
+                                                     "next, a storyboard with this adapter:"]  # last: W&B's are above
+    for noise in ("gemm_4bit_forward", "💡 Tip"):
+        assert noise not in trained.stdout + trained.stderr
+    command = shlex.split(tail[-1])
+    assert command[:2] == ["python", "infer.py"]
+    board_dir = tmp_path / "board"
+    inferred = tool("infer.py", *command[2:], "generation.steps=1", f"hydra.run.dir={board_dir}", "progress=false",
+                    cwd=tmp_path)
+    assert inferred.returncode == 0, inferred.stderr[-3000:]
+    lines = inferred.stdout.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith(f"storyboard written to {board_dir} (0 of 6 "
+                                                                     "frames passed QA; manifest.json lists each "
+                                                                     "frame's attempts and failures)"))
+    assert lines[start + 1].strip() == f"sheet: {board_dir}/storyboard.png" and (board_dir / "storyboard.png").is_file()
+    assert lines[-1].strip().startswith(f"python evaluate.py lora.path={run_dir}/lora reference_images=")

@@ -24,3 +24,13 @@ class DropKnownHarmless(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(name.search(record.name) and message.search(record.getMessage())
                        for name, message in KNOWN_HARMLESS)
+
+
+def lightning_logs_through_hydra() -> None:
+    """`import lightning` gives the `lightning` logger a console handler of its own ("INFO: ..." on stderr): under
+    Hydra every Lightning line showed twice, the copy past the filter above. Its records still reach Hydra's
+    handlers through the root logger, so that copy goes (when a root handler is configured, i.e. in a job)."""
+    if logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in list(lightning.handlers):
+            lightning.removeHandler(handler)

@@ -328,10 +328,24 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
 
 
 def make_storyboard(config: InferConfig, out_dir: Path) -> float:
-    """Generate and write the storyboard; return the fraction of frames that passed QA (NaN without QA)."""
+    """Generate and write the storyboard, say where it is; return the fraction of frames that passed QA (NaN
+    without QA)."""
     manifest = render_storyboard(config, out_dir)
     passed = [f["passed"] for f in manifest["frames"] if f["passed"] is not None]
+    log.info(closing_summary(config, out_dir, passed))
     return sum(passed) / len(passed) if passed else float("nan")
+
+
+def closing_summary(config: InferConfig, out_dir: Path, passed: list[bool]) -> str:
+    """infer.py's last lines: where the storyboard is, how many frames passed QA, and how to evaluate the adapter."""
+    qa = f"{sum(passed)} of {len(passed)} frames passed QA" if passed else "QA off"
+    lines = [f"storyboard written to {out_dir} ({qa}; manifest.json lists each frame's attempts and failures)",
+             f"  sheet: {out_dir / 'storyboard.png'}",
+             f"  page:  {out_dir / 'storyboard.html'}"]
+    if config.lora.path is not None and config.mode != "baseline":
+        lines += ["next, compare it with SDXL alone and the reference-guided mode:",
+                  f"  python evaluate.py lora.path={config.lora.path} reference_images=<the training images dir>"]
+    return "\n".join(lines)
 
 
 def run(cfg: DictConfig) -> float:

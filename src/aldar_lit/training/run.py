@@ -27,6 +27,7 @@ from PIL import Image
 
 from aldar_lit.artifacts import RunSummary, write_run_summary
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
+from aldar_lit.console_noise import lightning_logs_through_hydra
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.models.export import export_lora
 from aldar_lit.models.loading import resolve_pretrained
@@ -183,6 +184,7 @@ def peak_memory() -> tuple[int, str]:
 
 def run(cfg: DictConfig) -> float:
     """Train, export `lora/`, write `summary.json`; return `optimized_metric` for Hydra sweepers."""
+    lightning_logs_through_hydra()
     config = to_train_config(cfg)
     check_factories(config)
     output_dir = Path(config.paths.output_dir)
@@ -228,10 +230,10 @@ def run(cfg: DictConfig) -> float:
         summary["wandb"] = {"project": tracker.experiment.project, "run_id": run_id, "run_dir": tracker.experiment.dir,
                             "artifact": adapter_artifact_name(run_id)}
     write_run_summary(output_dir, RunSummary(**summary))
-    log.info("LoRA written to %s", output_dir / "lora")
     if tracker is not None:
         log_adapter_artifact(tracker.experiment, output_dir / "lora", summary)
         tracker.experiment.finish()  # a sweep runs its jobs in one process: the next job starts a new run
+    log.info(closing_summary(config, output_dir, summary))  # last, below W&B's own closing lines
     if config.optimized_metric == SCORE_KEY:
         return summary["best_score"]
     metric = trainer.callback_metrics.get(config.optimized_metric)
@@ -239,6 +241,22 @@ def run(cfg: DictConfig) -> float:
         raise ConfigError(f"optimized_metric: {config.optimized_metric!r} was never logged; "
                           f"logged metrics: {sorted(trainer.callback_metrics)}")
     return float(metric)
+
+
+def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, Any]) -> str:
+    """The run's last lines: where its outputs are, its best score, and the command that makes a storyboard."""
+    lora = output_dir / "lora"
+    lines = [f"training finished at step {summary['global_step']}",
+             f"  adapter:           {lora}",
+             f"  summary:           {output_dir / 'summary.json'}"]
+    if (output_dir / "validation").is_dir():
+        lines.append(f"  validation images: {output_dir / 'validation'}")
+    if summary.get("best_score") is not None:
+        lines.append(f"  best val/score:    {summary['best_score']:.4f} at step {summary['best_step']}")
+    infer = f"python infer.py model={config.model.name} lora.path={lora}"
+    if config.model.random_init is not None:  # a random-weight model: the offline, CPU-sized storyboard
+        infer += " adapters=tiny qa=tiny generation.width=64 generation.height=64 generation.steps=4"
+    return "\n".join(lines + ["next, a storyboard with this adapter:", f"  {infer}"])
 
 
 def memory_advice(config: TrainConfig) -> list[str]:
