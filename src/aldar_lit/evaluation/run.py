@@ -23,6 +23,7 @@ from aldar_lit.evaluation.generation import collect_storyboards
 from aldar_lit.evaluation.metrics import (Measurements, Scorers, build_scorers, compare, frames_of,
                                           load_reference_images, measure, measurement_row, summarise)
 from aldar_lit.evaluation.vlm_judge import JudgeItem, JudgeReport, judge
+from aldar_lit.pipelines.card_defaults import evaluate_with_card
 from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.pipelines.outputs import write_contact_sheet
 from aldar_lit.quality.face_identity import build_identity_embedders
@@ -166,6 +167,6 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    config = to_eval_config(cfg)
+    config = evaluate_with_card(to_eval_config(cfg))
     out_dir = Path(config.paths.output_dir)
     return evaluate_sweep(config, out_dir) if config.sweep_dir is not None else evaluate(config, out_dir)

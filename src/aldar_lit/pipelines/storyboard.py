@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from aldar_lit.atomic_write import write_json
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.config.infer import InferConfig, to_infer_config
+from aldar_lit.pipelines.card_defaults import infer_with_card
 from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, adapter_card_prediction_type,
                                            base_unet_config, check_adapters_fit, check_lora_dir, materialise_adapters,
                                            resolve_device)
@@ -350,7 +351,7 @@ def closing_summary(config: InferConfig, out_dir: Path, passed: list[bool]) -> s
 
 def run(cfg: DictConfig) -> float:
     """infer.py's job. SIGTERM or Ctrl-C: the partial storyboard is kept and the exit code is 128 + the signal."""
-    config = to_infer_config(cfg)
+    config = infer_with_card(to_infer_config(cfg))
     out_dir = Path(config.paths.output_dir)
     with stop_on_signals():
         try:
