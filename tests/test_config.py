@@ -9,11 +9,12 @@ from functools import partial
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from aldar_lit.config import ConfigError, TrainConfig, register_configs, to_schema, to_train_config
-from aldar_lit.config.prep import CaptionConfig, register_prep_configs
 from aldar_lit.config.evaluate import register_evaluate_configs, to_eval_config
 from aldar_lit.config.infer import register_infer_configs, to_infer_config
+from aldar_lit.config.prep import CaptionConfig, register_prep_configs
 from aldar_lit.redaction import secret_overrides
 from conftest import REPO_ROOT
 
@@ -57,16 +58,31 @@ def test_missing_data_root_names_the_key() -> None:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("lora.alpha=0", "lora.alpha"), ("lora.dropout=1.5", "lora.dropout"), ("lora.init=xavier", "lora.init"),
-     ("optim.unet_lr=-1", "optim.unet_lr"), ("data.resolution=100", "data.resolution"),
-     ("data.batch_size=0", "data.batch_size"), ("objective.prediction_type=sample", "objective.prediction_type"),
+    [("lora.alpha=0", "lora.alpha"), ("lora.dropout=1.5", "lora.dropout"), ("optim.unet_lr=-1", "optim.unet_lr"),
+     ("data.resolution=100", "data.resolution"), ("data.batch_size=0", "data.batch_size"),
      ("objective.min_snr_gamma=0", "objective.min_snr_gamma"), ("lora.unet_targets=[]", "lora.unet_targets"),
-     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps"), ("lora.rank=-1", "lora.rank"),
-     ("data.crop=diagonal", "data.crop"), ("model.dtype=float8", "model.dtype")],
+     ("checkpoint.every_n_train_steps=0", "checkpoint.every_n_train_steps"), ("lora.rank=-1", "lora.rank")],
 )
 def test_bad_values_name_their_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=f"^{key}: "):
         compose_train("experiment=quickstart", override)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "choices"),
+    [("lora.init=xavier", "lora.init", "[default, gaussian, pissa, olora]"),
+     ("objective.prediction_type=sample", "objective.prediction_type", "[epsilon, v_prediction]"),
+     ("data.crop=diagonal", "data.crop", "[center, random]"),
+     ("model.dtype=float8", "model.dtype", "[float32, bfloat16, float16]"),
+     ("data.on_bad_file=ignore", "data.on_bad_file", "[skip, error]")],
+)
+def test_a_bad_choice_fails_at_composition_naming_the_key_and_the_choices(override: str, key: str,
+                                                                          choices: str) -> None:
+    """Choices are Enum fields: Hydra refuses a value outside them while composing, before any schema check runs."""
+    with pytest.raises(ConfigCompositionException, match=f"^Error merging override {key}=") as failure:
+        compose_train("experiment=quickstart", override)
+    assert f"expected one of {choices}" in str(failure.value.__cause__)
+    assert f"full_key: {key}" in str(failure.value.__cause__)
 
 
 def test_fused_optimizer_with_clipping_under_mixed_precision_fails_before_training() -> None:

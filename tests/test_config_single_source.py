@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from omegaconf import Container, DictConfig, OmegaConf
 
-from aldar_lit.config import (TRIGGER, DataConfig, LoraConfig, ModelConfig, OptimConfig, PathsConfig, ScorerConfig,
-                              TrainConfig)
+from aldar_lit.config import (TRIGGER, DataConfig, Dtype, LoraConfig, ModelConfig, OptimConfig, PathsConfig,
+                              ScorerConfig, TrainConfig, as_plain_dict)
 from aldar_lit.config.evaluate import EvalConfig
 from aldar_lit.config.infer import AdaptersConfig, InferConfig, QAConfig
 from aldar_lit.config.prep import CaptionConfig, CurateConfig
@@ -139,3 +139,13 @@ def test_the_trigger_check_finds_a_second_definition(tmp_path) -> None:
     (tmp_path / "conf" / "evaluate.yaml").write_text(f"suite: {{trigger: {TRIGGER}, prompts: [{TRIGGER} smiles]}}\n")
     assert trigger_definitions(tmp_path / "src", tmp_path / "conf") == ["aldar_lit/tool.py:1",
                                                                           "evaluate.yaml: suite.trigger"]
+
+
+def test_a_configs_plain_dict_loads_back_with_weights_only(tmp_path) -> None:
+    """Choices are Enum members in the dataclasses; a checkpoint's hyper_parameters must hold their plain values."""
+    import torch
+
+    model = ModelConfig(dtype="bfloat16")
+    assert model.dtype is Dtype.bfloat16
+    torch.save({"model": as_plain_dict(model)}, tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["model"]["dtype"] == "bfloat16"

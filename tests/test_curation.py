@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from PIL import Image, ImageEnhance, ImageFilter
 
 from aldar_lit.config import ConfigError
@@ -116,8 +117,9 @@ def test_bad_output_folders_are_refused(raw, tmp_path) -> None:
     with pytest.raises(ConfigError, match="output_dir"):
         curate(config(raw, tmp_path / "busy"))
     assert (tmp_path / "busy" / "precious.txt").read_text() == "keep me"
-    with pytest.raises(ConfigError, match="link"):
+    with pytest.raises(ConfigCompositionException, match="override link=teleport") as failure:  # an Enum field
         config(raw, tmp_path / "o", link="teleport")
+    assert "expected one of [copy, hardlink, symlink]" in str(failure.value.__cause__)
 
 
 def test_cli_writes_the_kept_set(raw, tmp_path) -> None:

@@ -102,7 +102,8 @@ def test_absent_insightface_pack_skips_only_that_backend(tmp_path):
 
 
 def test_unknown_identity_backend_is_named():
-    with pytest.raises(ConfigError, match="identity.backends: unknown backend 'facenet'"):
+    with pytest.raises(ConfigError, match=r"identity.backends: must be one of \['insightface', 'arcface_onnx', 'dlib'\], "
+                                          "got 'facenet'"):
         IdentityConfig(backends=["facenet"])
 
 

@@ -5,15 +5,16 @@ paths, CLIP/DINO scorer, W&B); one module per tool: `train`, `infer`, `evaluate`
 The training schema and the core are importable from here too (`from aldar_lit.config import TrainConfig`).
 """
 
-from aldar_lit.config.core import ConfigError, Schema, require, to_schema, unknown_keys
-from aldar_lit.config.shared import SCORE_TERMS, TRIGGER, DinoConfig, PathsConfig, ScorerConfig, WandbConfig
-from aldar_lit.config.train import (BAD_FILE_POLICIES, COMPILE_SCOPES, CROPS, DTYPES, LORA_INITS, PREDICTION_TYPES,
-                                    CheckpointConfig, DataConfig, DemoDataConfig, LoraConfig, ModelConfig,
-                                    ObjectiveConfig, OptimConfig, TrainConfig, ValidationConfig, register_configs,
-                                    to_train_config)
+from aldar_lit.config.core import (ConfigError, Schema, as_plain_dict, check_choices, require, to_schema,
+                                   unknown_keys)
+from aldar_lit.config.shared import (SCORE_TERMS, TRIGGER, DinoConfig, ImageDetail, PathsConfig, ScorerConfig,
+                                     WandbConfig, WandbMode)
+from aldar_lit.config.train import (BadFilePolicy, CheckpointConfig, CompileScope, Crop, DataConfig, DemoDataConfig,
+                                    Dtype, LoraConfig, LoraInit, ModelConfig, ObjectiveConfig, OptimConfig,
+                                    PredictionType, TrainConfig, ValidationConfig, register_configs, to_train_config)
 
-__all__ = ["BAD_FILE_POLICIES", "COMPILE_SCOPES", "CROPS", "DTYPES", "LORA_INITS", "PREDICTION_TYPES", "SCORE_TERMS",
-           "TRIGGER", "CheckpointConfig", "ConfigError", "DataConfig", "DemoDataConfig", "DinoConfig", "LoraConfig",
-           "ModelConfig", "ObjectiveConfig", "OptimConfig", "PathsConfig", "Schema", "ScorerConfig", "TrainConfig",
-           "ValidationConfig", "WandbConfig", "register_configs", "require", "to_schema", "to_train_config",
-           "unknown_keys"]
+__all__ = ["SCORE_TERMS", "TRIGGER", "BadFilePolicy", "CheckpointConfig", "CompileScope", "ConfigError", "Crop",
+           "DataConfig", "DemoDataConfig", "DinoConfig", "Dtype", "ImageDetail", "LoraConfig", "LoraInit",
+           "ModelConfig", "ObjectiveConfig", "OptimConfig", "PathsConfig", "PredictionType", "Schema", "ScorerConfig",
+           "TrainConfig", "ValidationConfig", "WandbConfig", "WandbMode", "as_plain_dict", "check_choices",
+           "register_configs", "require", "to_schema", "to_train_config", "unknown_keys"]

@@ -7,20 +7,26 @@ as `infer.py` would generate it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.infer import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
                                    LoraSourceConfig, QAConfig)
-from aldar_lit.config.shared import TRIGGER, PathsConfig, ScorerConfig, WandbConfig
+from aldar_lit.config.shared import TRIGGER, ImageDetail, PathsConfig, ScorerConfig, WandbConfig
 from aldar_lit.config.train import ModelConfig
 
-ASPECTS = ("scene", "character_action", "camera")  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
 SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
+
+
+class Aspect(StrEnum):  # ViStoryBench's prompt-alignment aspects (vlm_judge.py)
+    scene = "scene"
+    character_action = "character_action"
+    camera = "camera"
 
 
 def split_mode(mode: str) -> tuple[str, bool]:
@@ -105,8 +111,8 @@ class VlmJudgeConfig:
     enabled: bool = True
     vision_model: str = "gpt-4o"
     base_url: Optional[str] = None  # an OpenAI-compatible server; None: api.openai.com
-    aspects: list[str] = field(default_factory=lambda: ["scene", "character_action", "camera"])
-    image_detail: str = "low"  # 85 input tokens per image; high for fine detail
+    aspects: list[Aspect] = field(default_factory=lambda: list(Aspect))
+    image_detail: ImageDetail = ImageDetail.low  # high for fine detail
     max_image_side: int = 1024
     max_tokens: int = 300  # the analysis and the score line
     temperature: float = 0.0
@@ -119,10 +125,7 @@ class VlmJudgeConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.vision_model), "vlm_judge.vision_model", "must name a model")
-        for aspect in self.aspects:
-            require(aspect in ASPECTS, "vlm_judge.aspects", f"unknown aspect {aspect!r}; known: {list(ASPECTS)}")
-        require(self.image_detail in ("low", "high", "auto"), "vlm_judge.image_detail",
-                f"must be low, high or auto, got {self.image_detail!r}")
+        check_choices(self, "vlm_judge")
         require(self.max_image_side >= 64, "vlm_judge.max_image_side", f"must be >= 64, got {self.max_image_side}")
         require(self.max_tokens > 0, "vlm_judge.max_tokens", f"must be positive, got {self.max_tokens}")
         require(self.concurrency >= 1, "vlm_judge.concurrency", f"must be >= 1, got {self.concurrency}")

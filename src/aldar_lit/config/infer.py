@@ -7,21 +7,62 @@ mean the same thing for train.py and infer.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.shared import TRIGGER, PathsConfig
-from aldar_lit.config.train import PREDICTION_TYPES, ModelConfig
-from aldar_lit.quality.face_identity import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
+from aldar_lit.config.train import ModelConfig, PredictionType
 
-MODES = ("baseline", "simple", "ref_guided")
-FACE_BACKENDS = ("haar", "mediapipe", "none")
-POSE_BACKENDS = ("mediapipe", "none")
-RANDOM_ADAPTERS = ("tiny",)
-IDENTITY_BACKENDS = ("insightface", "arcface_onnx", "dlib")
+
+# The face identity backends' published same-person rules (aldar_lit.quality.face_identity applies them):
+# dlib's documented rule: "if two face descriptor vectors have a Euclidean distance between them less than 0.6 then
+# they are from the same person" (dlib.net/face_recognition.py.html, examples/dnn_face_recognition_ex.cpp)
+DLIB_SAME_PERSON_DISTANCE = 0.6
+# InsightFace's own same-person decision on ArcFace embeddings: cosine >= 0.4 (insightface 2.1,
+# insightface/gui/core/recognition.py compare_embeddings with constants.DEFAULT_THRESHOLD). Its verification
+# benchmarks (recognition/arcface_torch/eval/verification.py) fit a threshold per dataset by 10-fold cross-validation
+# instead of publishing one.
+ARCFACE_SAME_PERSON_COSINE = 0.4
+
+
+class Mode(StrEnum):
+    baseline = "baseline"  # SDXL alone
+    simple = "simple"  # SDXL + LoRA
+    ref_guided = "ref_guided"  # + IP-Adapter (frame-1 face) + OpenPose ControlNet
+
+
+MODES = tuple(mode.value for mode in Mode)
+
+
+class FaceBackend(StrEnum):
+    haar = "haar"  # OpenCV's bundled cascade, offline
+    mediapipe = "mediapipe"
+    none = "none"
+
+
+class PoseBackend(StrEnum):
+    mediapipe = "mediapipe"
+    none = "none"
+
+
+class RandomAdapter(StrEnum):
+    tiny = "tiny"
+
+
+class IdentityBackend(StrEnum):
+    insightface = "insightface"
+    arcface_onnx = "arcface_onnx"
+    dlib = "dlib"
+
+
+class SharedBlock(StrEnum):
+    down = "down"
+    mid = "mid"
+    up = "up"
 
 
 @dataclass
@@ -68,17 +109,16 @@ class GenerationConfig:
     negative_prompt: str = "blurry, deformed, extra limbs, extra heads, duplicate, cropped, lowres"
     device: str = "auto"  # auto: cuda when available
     # what the UNet predicts (epsilon | v_prediction); None: the LoRA's adapter card, else the base model's scheduler
-    prediction_type: Optional[str] = None
+    prediction_type: Optional[PredictionType] = None
 
     def __post_init__(self) -> None:
+        check_choices(self, "generation")
         for key in ("width", "height"):
             value = getattr(self, key)
             require(value >= 8 and value % 8 == 0, f"generation.{key}",
                      f"must be a positive multiple of 8, got {value}")
         require(self.steps > 0, "generation.steps", f"must be positive, got {self.steps}")
         require(self.guidance_scale >= 0, "generation.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
-        require(self.prediction_type in (None, *PREDICTION_TYPES), "generation.prediction_type",
-                 f"must be one of {PREDICTION_TYPES} or null, got {self.prediction_type!r}")
 
 
 @dataclass
@@ -91,14 +131,13 @@ class IPAdapterConfig:
     image_encoder_folder: str = "models/image_encoder"  # the ViT-H encoder, relative to `repo`
     scale: float = 0.7  # the seed's value: face identity vs. prompt freedom
     face_margin: float = 0.4  # face box grown by this fraction on each side before cropping
-    random_init: Optional[str] = None  # "tiny": write tiny seeded weights to `repo` once (offline tests)
+    random_init: Optional[RandomAdapter] = None  # tiny: write tiny seeded weights to `repo` once (offline tests)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choices(self, "adapters.ip_adapter")
         require(self.scale >= 0, "adapters.ip_adapter.scale", f"must be >= 0, got {self.scale}")
         require(self.face_margin >= 0, "adapters.ip_adapter.face_margin", f"must be >= 0, got {self.face_margin}")
-        require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.ip_adapter.random_init",
-                 f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
 
 
 @dataclass
@@ -108,14 +147,13 @@ class ControlNetConfig:
     pretrained: str = "thibaud/controlnet-openpose-sdxl-1.0"
     variant: Optional[str] = None
     conditioning_scale: float = 0.8
-    random_init: Optional[str] = None  # "tiny": made from the tiny UNet, written to `pretrained` once
+    random_init: Optional[RandomAdapter] = None  # tiny: made from the tiny UNet, written to `pretrained` once
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_choices(self, "adapters.controlnet")
         require(self.conditioning_scale >= 0, "adapters.controlnet.conditioning_scale",
                  f"must be >= 0, got {self.conditioning_scale}")
-        require(self.random_init in (None, *RANDOM_ADAPTERS), "adapters.controlnet.random_init",
-                 f"must be null or one of {RANDOM_ADAPTERS}, got {self.random_init!r}")
 
 
 @dataclass
@@ -135,18 +173,15 @@ class ClipQAConfig:
 
 @dataclass
 class DetectorConfig:
-    face_backend: str = "haar"  # haar (OpenCV's bundled cascade, offline) | mediapipe | none
-    face_model_path: Optional[str] = None  # MediaPipe face detector .tflite, e.g. ~/models/blaze_face_short_range.tflite
+    face_backend: FaceBackend = FaceBackend.haar
+    face_model_path: Optional[str] = None  # MediaPipe face detector, e.g. ~/models/blaze_face_short_range.tflite
     face_min_confidence: float = 0.5
-    pose_backend: str = "none"  # mediapipe (invalid-pose and cut-off checks from the pose landmarker) | none
+    pose_backend: PoseBackend = PoseBackend.none  # mediapipe: invalid-pose and cut-off checks from the pose landmarker
     pose_model_path: Optional[str] = None  # MediaPipe pose landmarker .task
     pose_min_visibility: float = 0.5
 
     def __post_init__(self) -> None:
-        require(self.face_backend in FACE_BACKENDS, "qa.detectors.face_backend",
-                 f"must be one of {FACE_BACKENDS}, got {self.face_backend!r}")
-        require(self.pose_backend in POSE_BACKENDS, "qa.detectors.pose_backend",
-                 f"must be one of {POSE_BACKENDS}, got {self.pose_backend!r}")
+        check_choices(self, "qa.detectors")
         if self.face_backend == "mediapipe":
             require(bool(self.face_model_path), "qa.detectors.face_model_path",
                      "the mediapipe face backend needs a face detector .tflite (e.g. blaze_face_short_range.tflite)")
@@ -171,21 +206,21 @@ class IdentityConfig:
 
     evaluate.py's `identity` and frame QA's `qa.identity` (which uses the first backend that loads)."""
 
-    backends: list[str] = field(default_factory=lambda: ["insightface", "dlib"])  # absent models: reported, skipped
+    # a backend whose models are absent is reported and skipped
+    backends: list[IdentityBackend] = field(
+        default_factory=lambda: [IdentityBackend.insightface, IdentityBackend.dlib])
     insightface_pack: str = "buffalo_l"  # ~/.insightface/models/buffalo_l/*.onnx (never downloaded by this tool)
     insightface_root: str = "~/.insightface"
     insightface_det_size: int = 640
     arcface_onnx_path: Optional[str] = None
     dlib_upsample: int = 1  # HOG detector upsampling: 1 finds faces down to ~40 px
     dlib_models_dir: Optional[str] = None  # dlib's .dat model files; None: those of the face-recognition-models wheel
-    # same-person thresholds of the verification rates, each backend's published rule (sources in face_identity.py)
+    # same-person thresholds of the verification rates, each backend's published rule (sources above)
     dlib_same_person_distance: float = DLIB_SAME_PERSON_DISTANCE  # Euclidean, raw 128-d descriptors, below = same
     arcface_same_person_cosine: float = ARCFACE_SAME_PERSON_COSINE  # insightface and arcface_onnx, at least = same
 
     def __post_init__(self) -> None:
-        for name in self.backends:
-            require(name in IDENTITY_BACKENDS, "identity.backends",
-                     f"unknown backend {name!r}; known: {IDENTITY_BACKENDS}")
+        check_choices(self, "identity")
         require(self.dlib_same_person_distance > 0, "identity.dlib_same_person_distance",
                 f"must be positive, got {self.dlib_same_person_distance}")
         require(-1 < self.arcface_same_person_cosine < 1, "identity.arcface_same_person_cosine",
@@ -231,9 +266,6 @@ class LoraSourceConfig:
         require(self.scale >= 0, "lora.scale", f"must be >= 0, got {self.scale}")
 
 
-SHARED_BLOCKS = ("down", "mid", "up")
-
-
 @dataclass
 class ConsistencyConfig:
     """Consistent self-attention (StoryDiffusion): frames attend to tokens of an anchor group of frames.
@@ -242,15 +274,15 @@ class ConsistencyConfig:
 
     shared_attention: bool = False  # true: frames' self-attention also sees tokens of the anchor group
     sample_rate: float = 0.5  # share of each anchor frame's tokens added to the others' keys/values
-    layers: list[str] = field(default_factory=lambda: ["up"])  # UNet blocks that share: down | mid | up
+    layers: list[SharedBlock] = field(default_factory=lambda: [SharedBlock.up])  # UNet blocks that share
     step_range: list[float] = field(default_factory=lambda: [0.0, 1.0])  # [start, end) fraction of denoising steps
     group_size: int = 3  # anchor frames (the first ones), denoised together as one batch
 
     def __post_init__(self) -> None:
         require(0.0 <= self.sample_rate <= 1.0, "consistency.sample_rate",
                  f"must be in [0, 1], got {self.sample_rate}")
-        require(bool(self.layers) and set(self.layers) <= set(SHARED_BLOCKS), "consistency.layers",
-                 f"must be a non-empty list of {SHARED_BLOCKS}, got {list(self.layers)}")
+        check_choices(self, "consistency")
+        require(bool(self.layers), "consistency.layers", "must name at least one UNet block")
         require(len(self.step_range) == 2 and 0.0 <= self.step_range[0] < self.step_range[1] <= 1.0,
                  "consistency.step_range",
                  f"must be [start, end] with 0 <= start < end <= 1, got {list(self.step_range)}")
@@ -260,7 +292,7 @@ class ConsistencyConfig:
 @dataclass
 class InferConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    mode: str = "simple"  # baseline | simple | ref_guided
+    mode: Mode = Mode.simple
     lora: LoraSourceConfig = field(default_factory=LoraSourceConfig)
     story: StoryConfig = field(default_factory=lambda: StoryConfig(file="conf/story/aldar_kose.yaml"))
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -271,7 +303,7 @@ class InferConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        require(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check_choices(self, "")
         if self.mode == "simple":
             require(self.lora.path is not None, "lora.path",
                      "mode=simple is SDXL + LoRA: give lora.path=<run dir>/lora")

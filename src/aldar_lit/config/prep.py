@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
-from aldar_lit.config.core import require
-from aldar_lit.config.shared import TRIGGER
+from aldar_lit.config.core import check_choices, require
+from aldar_lit.config.shared import TRIGGER, ImageDetail
 
-IMAGE_DETAILS = ("low", "high", "auto")
-LINK_MODES = ("copy", "hardlink", "symlink")
+
+class LinkMode(StrEnum):
+    """How curation writes the kept set."""
+
+    copy = "copy"
+    hardlink = "hardlink"
+    symlink = "symlink"
 
 
 @dataclass
@@ -23,7 +29,7 @@ class CaptionConfig:
     vision_model: str = "gpt-4o"  # not `model`: that name is the training config's model group
     base_url: Optional[str] = None  # an OpenAI-compatible server; None: api.openai.com (key: env OPENAI_API_KEY)
     prompt: str = "???"  # the template lives in conf/caption.yaml; `{trigger}` is filled in
-    image_detail: str = "low"  # the vision `detail` setting: low = 85 input tokens per image
+    image_detail: ImageDetail = ImageDetail.low
     max_image_side: int = 1024  # images are downscaled to this before upload
     max_tokens: int = 200  # a reply cut off here (finish_reason "length") is a failure, not a caption
     max_caption_chars: int = 1000  # longer replies, empty ones and refusals are failures: nothing written or cached
@@ -40,10 +46,9 @@ class CaptionConfig:
     expected_output_tokens: int = 90  # per caption, for the dry-run estimate
 
     def __post_init__(self) -> None:
+        check_choices(self, "")
         require(bool(self.vision_model), "vision_model", "must name a model")
         require("{trigger}" in self.prompt, "prompt", "must contain {trigger}")
-        require(self.image_detail in IMAGE_DETAILS, "image_detail",
-                 f"must be one of {IMAGE_DETAILS}, got {self.image_detail!r}")
         require(self.max_image_side >= 64, "max_image_side", f"must be >= 64, got {self.max_image_side}")
         require(self.max_tokens > 0, "max_tokens", f"must be positive, got {self.max_tokens}")
         require(self.max_caption_chars > 0, "max_caption_chars", f"must be positive, got {self.max_caption_chars}")
@@ -65,7 +70,7 @@ class CurateConfig:
     analysis_side: int = 512  # larger images are downscaled to this longer side before blur is measured
     near_duplicate_distance: int = 6  # drop an image whose 64-bit pHash is within this many bits of a kept one
     require_face: bool = False  # drop images where OpenCV's frontal-face Haar cascade (misses profiles) finds no face
-    link: str = "copy"  # how the kept set is written: copy | hardlink | symlink
+    link: LinkMode = LinkMode.copy
     contact_sheet_thumb: int = 160
     contact_sheet_columns: int = 8
     # The seed's 70-image split, as the reference for the view/pose balance report.
@@ -81,12 +86,12 @@ class CurateConfig:
     max_image_pixels: int = 89_478_485
 
     def __post_init__(self) -> None:
+        check_choices(self, "")
         require(self.min_side >= 1, "min_side", f"must be >= 1, got {self.min_side}")
         require(self.blur_threshold >= 0, "blur_threshold", f"must be >= 0, got {self.blur_threshold}")
         require(self.analysis_side >= 32, "analysis_side", f"must be >= 32, got {self.analysis_side}")
         require(0 <= self.near_duplicate_distance <= 64, "near_duplicate_distance",
                  f"must be in [0, 64], got {self.near_duplicate_distance}")
-        require(self.link in LINK_MODES, "link", f"must be one of {LINK_MODES}, got {self.link!r}")
         require(self.contact_sheet_thumb >= 16 and self.contact_sheet_columns >= 1, "contact_sheet_*",
                  "thumb must be >= 16 px and columns >= 1")
         require("misc" in self.balance_reference, "balance_reference", "must have a `misc` entry")

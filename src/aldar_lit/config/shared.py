@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Optional
 
-from aldar_lit.config.core import require
+from aldar_lit.config.core import check_choices, require
 
 TRIGGER = "aldar_kose_man"  # the character's trigger token: data.trigger, story.trigger, suite.trigger, caption trigger
+
+
+class ImageDetail(StrEnum):
+    """The vision API's `detail` setting (captioning and the VLM judge)."""
+
+    low = "low"  # 85 input tokens per image
+    high = "high"  # tiles of 512 px (see OpenAI's vision docs)
+    auto = "auto"
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
 
 
 @dataclass
@@ -53,8 +67,8 @@ class ScorerConfig:
 @dataclass
 class WandbConfig:
     enabled: bool = False
-    mode: str = "offline"  # offline | online
+    mode: WandbMode = WandbMode.offline
     project: str = "aldar_lit"
 
     def __post_init__(self) -> None:
-        require(self.mode in ("offline", "online"), "wandb.mode", f"must be offline or online, got {self.mode!r}")
+        check_choices(self, "wandb")

@@ -8,20 +8,47 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from aldar_lit.config.core import require, to_schema
+from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.shared import TRIGGER, PathsConfig, ScorerConfig
 
-DTYPES = ("float32", "bfloat16", "float16")
-COMPILE_SCOPES = ("unet", "blocks")
-LORA_INITS = ("default", "gaussian", "pissa", "olora")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-CROPS = ("center", "random")
-BAD_FILE_POLICIES = ("skip", "error")
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class CompileScope(StrEnum):
+    unet = "unet"  # the whole UNet
+    blocks = "blocks"  # each repeated transformer block (diffusers' regional compilation)
+
+
+class LoraInit(StrEnum):  # peft's init_lora_weights
+    default = "default"
+    gaussian = "gaussian"
+    pissa = "pissa"
+    olora = "olora"
+
+
+class PredictionType(StrEnum):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
+
+
+class Crop(StrEnum):
+    center = "center"
+    random = "random"
+
+
+class BadFilePolicy(StrEnum):
+    skip = "skip"  # log the file and why, summary at start
+    error = "error"  # raise naming it
 
 
 @dataclass
@@ -36,8 +63,8 @@ class ModelConfig:
     variant: Optional[str] = None  # e.g. "fp16" for the hub's half-precision files
     revision: Optional[str] = None
     vae: Optional[str] = None  # a VAE override, e.g. madebyollin/sdxl-vae-fp16-fix
-    dtype: str = "float32"  # frozen UNet and text encoders; LoRA weights always train in float32
-    vae_dtype: str = "float32"  # the stock SDXL VAE overflows in float16
+    dtype: Dtype = Dtype.float32  # frozen UNet and text encoders; LoRA weights always train in float32
+    vae_dtype: Dtype = Dtype.float32  # the stock SDXL VAE overflows in float16
     gradient_checkpointing: bool = False
     channels_last: bool = False  # UNet activations in NHWC (faster convolutions on recent GPUs)
     compile_unet: Optional[str] = None  # a torch.compile backend for the UNet, e.g. "inductor"
@@ -45,12 +72,13 @@ class ModelConfig:
     compile_mode: Optional[str] = None  # torch.compile mode of the compiled parts, e.g. reduce-overhead (CUDA graphs)
     # what compile_unet compiles: the whole UNet, or each of its repeated transformer blocks (diffusers' regional
     # compilation: one block's code serves all blocks of its shape, so compiling takes a fraction of the time)
-    compile_unet_scope: str = "blocks"
+    compile_unet_scope: CompileScope = CompileScope.blocks
     # with compiled parts: the share (0-1] of their activations the compiler may keep for the backward pass; it
     # recomputes the cheapest of the rest there (torch._functorch.config.activation_memory_budget)
     activation_memory_budget: Optional[float] = None
 
     def __post_init__(self) -> None:
+        check_choices(self, "model")
         require(bool(self.pretrained), "model.pretrained", "must name a hub id or a local directory")
         for key in ("compile_unet", "compile_text_encoders"):
             backend = getattr(self, key)
@@ -74,10 +102,6 @@ class ModelConfig:
             require(self.compile_unet is not None or self.compile_text_encoders is not None,
                     "model.activation_memory_budget", "applies to compiled parts only: set model.compile_unet "
                     "and/or model.compile_text_encoders")
-        require(self.compile_unet_scope in COMPILE_SCOPES, "model.compile_unet_scope",
-                f"must be one of {COMPILE_SCOPES}, got {self.compile_unet_scope!r}")
-        require(self.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        require(self.vae_dtype in DTYPES, "model.vae_dtype", f"must be one of {DTYPES}, got {self.vae_dtype!r}")
         if self.random_init is not None:
             from aldar_lit.offline.random_init import spec_dir
 
@@ -91,16 +115,16 @@ class LoraConfig:
     rank: int = 64
     alpha: float = 64.0  # scale = alpha / rank
     dropout: float = 0.0
-    init: str = "gaussian"  # default | gaussian | pissa | olora (peft's init_lora_weights)
+    init: LoraInit = LoraInit.gaussian  # default | gaussian | pissa | olora (peft's init_lora_weights)
     unet_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     text_encoder_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"])
     train_text_encoders: bool = True
 
     def __post_init__(self) -> None:
+        check_choices(self, "lora")
         require(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
         require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
         require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
-        require(self.init in LORA_INITS, "lora.init", f"must be one of {LORA_INITS}, got {self.init!r}")
         require(len(self.unet_targets) > 0, "lora.unet_targets", "must name at least one module")
         if self.train_text_encoders:
             require(len(self.text_encoder_targets) > 0, "lora.text_encoder_targets", "must name at least one module")
@@ -123,7 +147,7 @@ class DataConfig:
     root: str = "???"
     trigger: str = TRIGGER  # put first in any caption that lacks it
     resolution: int = 1024
-    crop: str = "center"  # center | random
+    crop: Crop = Crop.center
     random_flip: bool = False  # off: a flip mirrors asymmetric costume details
     batch_size: int = 4
     num_workers: int = 4
@@ -131,7 +155,7 @@ class DataConfig:
     validation_prompts: list[str] = field(default_factory=list)
     bucketing: bool = True  # SDXL's aspect-ratio buckets scaled to `resolution`; false: square crops only
     bucket_multiple: int = 32  # bucket sides are multiples of this (SDXL's UNet needs 32; 8 is enough for model=tiny)
-    on_bad_file: str = "skip"  # skip (log the file and why, summary at start) | error (raise naming it)
+    on_bad_file: BadFilePolicy = BadFilePolicy.skip
     min_image_side: int = 64  # images whose shorter side is smaller are bad files
     max_image_pixels: int = 89_478_485  # larger images are bad files (decompression bombs; PIL refuses > 2x this)
     cache_latents: bool = False  # VAE latents cached on disk under `cache_dir`, reused across runs
@@ -139,13 +163,11 @@ class DataConfig:
     cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
-        require(self.crop in CROPS, "data.crop", f"must be one of {CROPS}, got {self.crop!r}")
+        check_choices(self, "data")
         require(self.resolution >= 8 and self.resolution % 8 == 0, "data.resolution",
                  f"must be a positive multiple of 8, got {self.resolution}")
         require(8 <= self.bucket_multiple <= self.resolution and self.bucket_multiple % 8 == 0, "data.bucket_multiple",
                  f"must be a multiple of 8 no larger than data.resolution, got {self.bucket_multiple}")
-        require(self.on_bad_file in BAD_FILE_POLICIES, "data.on_bad_file",
-                 f"must be one of {BAD_FILE_POLICIES}, got {self.on_bad_file!r}")
         require(self.min_image_side >= 1, "data.min_image_side", f"must be >= 1, got {self.min_image_side}")
         require(self.max_image_pixels >= self.min_image_side**2, "data.max_image_pixels",
                  f"must be at least data.min_image_side squared, got {self.max_image_pixels}")
@@ -182,14 +204,12 @@ class OptimConfig:
 class ObjectiveConfig:
     """The denoising loss: prediction target and the usual re-weightings."""
 
-    prediction_type: Optional[str] = None  # None: the model's scheduler config decides (epsilon for SDXL base)
+    prediction_type: Optional[PredictionType] = None  # None: the model's scheduler config's (epsilon for SDXL base)
     noise_offset: float = 0.0
     min_snr_gamma: Optional[float] = None  # e.g. 5.0
 
     def __post_init__(self) -> None:
-        if self.prediction_type is not None:
-            require(self.prediction_type in PREDICTION_TYPES, "objective.prediction_type",
-                     f"must be one of {PREDICTION_TYPES} or null, got {self.prediction_type!r}")
+        check_choices(self, "objective")
         require(self.noise_offset >= 0, "objective.noise_offset", f"must be >= 0, got {self.noise_offset}")
         if self.min_snr_gamma is not None:
             require(self.min_snr_gamma > 0, "objective.min_snr_gamma", f"must be positive, got {self.min_snr_gamma}")

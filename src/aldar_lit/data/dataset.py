@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 
-from aldar_lit.config import BAD_FILE_POLICIES
+from aldar_lit.config import BadFilePolicy
 from aldar_lit.data.buckets import Bucket, nearest_bucket, resize_and_crop_box
 from aldar_lit.data.caches import TensorCache
 from aldar_lit.images import (
@@ -105,8 +105,9 @@ def scan_folder(root: str | Path, trigger: str, on_bad_file: str = "error", min_
     `DataError` naming it when `on_bad_file="error"`, and is listed in `ScanReport.skipped` with
     the reason when `on_bad_file="skip"`.
     """
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise DataError(f"data.on_bad_file: must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
+    policies = [policy.value for policy in BadFilePolicy]
+    if on_bad_file not in policies:
+        raise DataError(f"data.on_bad_file: must be one of {policies}, got {on_bad_file!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root: directory {root} does not exist")

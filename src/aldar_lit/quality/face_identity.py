@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 import numpy as np
 from PIL import Image
 
+from aldar_lit.config.infer import ARCFACE_SAME_PERSON_COSINE, DLIB_SAME_PERSON_DISTANCE
 from aldar_lit.quality.faces import FaceBox
 
 if TYPE_CHECKING:
@@ -33,14 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# dlib's documented rule: "if two face descriptor vectors have a Euclidean distance between them less than 0.6 then
-# they are from the same person" (dlib.net/face_recognition.py.html, examples/dnn_face_recognition_ex.cpp)
-DLIB_SAME_PERSON_DISTANCE = 0.6
-# InsightFace's own same-person decision on ArcFace embeddings: cosine >= 0.4 (insightface 2.1,
-# insightface/gui/core/recognition.py compare_embeddings with constants.DEFAULT_THRESHOLD). Its verification
-# benchmarks (recognition/arcface_torch/eval/verification.py) fit a threshold per dataset by 10-fold cross-validation
-# instead of publishing one.
-ARCFACE_SAME_PERSON_COSINE = 0.4
 INSIGHTFACE_HELP = ("download the pack once (e.g. https://github.com/deepinsight/insightface/releases/download/"
                     "v0.7/{pack}.zip), unzip it so that {dir}/*.onnx exist, or set the pack root with "
                     "identity.insightface_root; other metrics still run without it")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -12,7 +11,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from hydra.utils import instantiate
 from torch import nn
 
-from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig
+from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig, as_plain_dict
 from aldar_lit.models.compilation import compile_parts
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import TE1, TE2, UNET, adapted_layers, attach_lora, uncast_adapter_inputs
@@ -38,8 +37,8 @@ class SDXLLoRAModule(L.LightningModule):
         super().__init__()
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
         self.save_hyperparameters(
-            {"model": asdict(model), "lora": asdict(lora), "optim": asdict(optim), "objective": asdict(objective),
-             "seed": seed},
+            {"model": as_plain_dict(model), "lora": as_plain_dict(lora), "optim": as_plain_dict(optim),
+             "objective": as_plain_dict(objective), "seed": seed},
             logger=False,
         )
         self.model_cfg, self.lora_cfg, self.optim_cfg, self.objective_cfg = model, lora, optim, objective
