@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from aldar_lit.artifacts import ADAPTER_CARD, ArtifactError, read_adapter_card
 from aldar_lit.config.evaluate import EvalConfig
@@ -20,6 +20,7 @@ from aldar_lit.config.train import ModelConfig
 from aldar_lit.pipelines.generator import AdapterError
 
 log = logging.getLogger(__name__)
+Tool = TypeVar("Tool", InferConfig, EvalConfig)
 
 
 @dataclass(frozen=True)
@@ -56,31 +57,27 @@ def card_defaults(lora_path: Optional[str], settings: list[Setting]) -> dict[str
     return chosen
 
 
-def _settings(trigger_key: str, trigger: str, model: ModelConfig, generation: GenerationConfig) -> list[Setting]:
-    defaults = GenerationConfig()
-    return [Setting(trigger_key, trigger, StoryConfig.__dataclass_fields__["trigger"].default, "trigger"),
-            Setting("model.pretrained", model.pretrained, ModelConfig().pretrained, "base_model"),
-            Setting("generation.width", generation.width, defaults.width, "resolution"),
-            Setting("generation.height", generation.height, defaults.height, "resolution")]
-
-
 def infer_with_card(config: InferConfig) -> InferConfig:
     """infer.py's config with the adapter card's trigger, base model and resolution where it holds defaults."""
     if config.mode == "baseline":
         return config  # SDXL alone: the LoRA, and so its card, is ignored
-    chosen = card_defaults(config.lora.path, _settings("story.trigger", config.story.trigger, config.model,
-                                                       config.generation))
-    return replace(config, story=replace(config.story, trigger=chosen["story.trigger"]),
-                   model=replace(config.model, pretrained=chosen["model.pretrained"]),
-                   generation=replace(config.generation, width=chosen["generation.width"],
-                                      height=chosen["generation.height"]))
+    return _with_card(config, "story")
 
 
 def evaluate_with_card(config: EvalConfig) -> EvalConfig:
     """evaluate.py's config with the adapter card's trigger, base model and resolution where it holds defaults."""
-    chosen = card_defaults(config.lora.path, _settings("suite.trigger", config.suite.trigger, config.model,
-                                                       config.generation))
-    return replace(config, suite=replace(config.suite, trigger=chosen["suite.trigger"]),
-                   model=replace(config.model, pretrained=chosen["model.pretrained"]),
-                   generation=replace(config.generation, width=chosen["generation.width"],
-                                      height=chosen["generation.height"]))
+    return _with_card(config, "suite")
+
+
+def _with_card(config: Tool, trigger_section: str) -> Tool:
+    """`config` (with `lora`, `model`, `generation` and the trigger in `trigger_section`) resolved against the card."""
+    section, model, generation = getattr(config, trigger_section), config.model, config.generation
+    trigger_key = f"{trigger_section}.trigger"
+    chosen = card_defaults(config.lora.path, [
+        Setting(trigger_key, section.trigger, StoryConfig.__dataclass_fields__["trigger"].default, "trigger"),
+        Setting("model.pretrained", model.pretrained, ModelConfig().pretrained, "base_model"),
+        Setting("generation.width", generation.width, GenerationConfig().width, "resolution"),
+        Setting("generation.height", generation.height, GenerationConfig().height, "resolution")])
+    return replace(config, **{trigger_section: replace(section, trigger=chosen[trigger_key])},
+                   model=replace(model, pretrained=chosen["model.pretrained"]),
+                   generation=replace(generation, width=chosen["generation.width"], height=chosen["generation.height"]))
