@@ -133,3 +133,29 @@ def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(
                                                                      "frame's attempts and failures)"))
     assert lines[start + 1].strip() == f"sheet: {board_dir}/storyboard.png" and (board_dir / "storyboard.png").is_file()
     assert lines[-1].strip().startswith(f"python evaluate.py lora.path={run_dir}/lora reference_images=")
+
+
+def test_evaluation_folds_frame_warnings_into_one_count_and_ends_with_its_report(tmp_path: Path, tiny_model_dir: Path,
+                                                                                 demo_data_dir: Path, caplog) -> None:
+    """Random tiny frames hold no face, so QA flags every frame: one counted warning, not one per frame."""
+    from aldar_lit.config.evaluate import register_evaluate_configs
+    from aldar_lit.evaluation.run import run
+
+    register_evaluate_configs()
+    overrides = ["model=tiny", "adapters=tiny", "qa=tiny", "scorer=tiny", "modes=[baseline]", "generation.width=64",
+                 "generation.height=64", "generation.steps=1", "generation.device=cpu", "suite.seeds=[0,1]",
+                 "suite.prompts=[aldar_kose_man waving,aldar_kose_man riding]", "identity.backends=[dlib]",
+                 "qa.max_attempts=1", "stats.num_resamples=100", f"reference_images={demo_data_dir}",
+                 f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=overrides)
+    with caplog.at_level(logging.INFO):
+        run(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not any(w.startswith(("frame ", "no face found in frame")) for w in warnings)  # none per frame
+    # per storyboard: frames 1 and 2 kept although they failed QA, and frame 1 (the identity anchor) has no face
+    assert any(w.startswith("6 storyboard warnings (frames kept although no attempt passed QA, frames without a face)"
+                            " in 2 of 2 generated storyboards") for w in warnings)
+    closing = caplog.records[-1].getMessage().splitlines()
+    assert closing[:2] == [f"evaluation written to {tmp_path}", f"  report: {tmp_path / 'report.md'}"]
+    assert closing[2].startswith("  score (baseline): ") and closing[-1].startswith("  test mode, random weights")

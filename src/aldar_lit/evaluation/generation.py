@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 import yaml
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from aldar_lit.config.evaluate import EvalConfig, split_mode
 from aldar_lit.config.infer import InferConfig, LoraSourceConfig, StoryConfig
@@ -177,8 +179,9 @@ class GeneratorCache:
 
 
 def generate(config: InferConfig, out_dir: Path, cache: GeneratorCache) -> dict[str, Any]:
-    """One storyboard through the storyboard module itself, with the models from `cache`."""
-    return render_storyboard(config, out_dir, cache.get(config))
+    """One storyboard through the storyboard module itself, with the models from `cache`; its warnings stay in its
+    manifest (the evaluation counts them)."""
+    return render_storyboard(config, out_dir, cache.get(config), log_warnings=False)
 
 
 def index_reusable(frames_from: list[str]) -> list[tuple[Path, dict[str, Any]]]:
@@ -221,15 +224,28 @@ def collect_storyboards(cfg: EvalConfig, out_dir: Path, lora: Optional[str], mod
                             f"model, LoRA and generation settings must all match): {details}")
     cache = GeneratorCache()
     runs = []
-    for mode, story, seed, config, target, found in planned:
-        if found is not None:
-            log.info("reusing %s for %s/%s/seed%d", found[0], mode, story, seed)
-            runs.append(StoryboardRun(mode, story, seed, found[0], found[1], True))
-            continue
-        log.info("generating %s/%s/seed%d into %s", mode, story, seed, target)
-        runs.append(StoryboardRun(mode, story, seed, target, generate(config, target, cache), False))
+    # one bar over the storyboards with an ETA (none when the output is not a terminal); log lines print above it
+    with logging_redirect_tqdm(), tqdm(planned, desc="storyboards", unit="storyboard", disable=None) as bar:
+        for mode, story, seed, config, target, found in bar:
+            if found is not None:
+                log.info("reusing %s for %s/%s/seed%d", found[0], mode, story, seed)
+                runs.append(StoryboardRun(mode, story, seed, found[0], found[1], True))
+                continue
+            log.info("generating %s/%s/seed%d into %s", mode, story, seed, target)
+            runs.append(StoryboardRun(mode, story, seed, target, generate(config, target, cache), False))
     cache.release()
+    warned = [r for r in runs if not r.reused and storyboard_warnings(r.manifest)]
+    if warned:
+        log.warning("%d storyboard warnings (frames kept although no attempt passed QA, frames without a face) in "
+                    "%d of %d generated storyboards; each is listed in its manifest.json, e.g. %s",
+                    sum(storyboard_warnings(r.manifest) for r in warned), len(warned), sum(not r.reused for r in runs),
+                    warned[0].dir / "manifest.json")
     return runs
+
+
+def storyboard_warnings(manifest: dict[str, Any]) -> int:
+    """Distinct warnings of a storyboard (one may be recorded both for the storyboard and for its frame)."""
+    return len({*manifest.get("warnings", []), *(w for f in manifest.get("frames", []) for w in f.get("warnings", []))})
 
 
 def _own(target: Path) -> list[tuple[Path, dict[str, Any]]]:

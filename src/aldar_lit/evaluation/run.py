@@ -166,7 +166,22 @@ def evaluate_sweep(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def closing_summary(cfg: EvalConfig, out_dir: Path, result: dict[str, Any]) -> str:
+    """evaluate.py's last lines: where the report is, each mode's score, and whether the numbers mean anything."""
+    report_file = out_dir / ("sweep_eval.md" if cfg.sweep_dir is not None else "report.md")
+    lines = [f"evaluation written to {out_dir}", f"  report: {report_file}"]
+    for row in result.get("summary", []):
+        if row["metric"] == "score":
+            lines.append(f"  score ({row['mode']}): {report.interval(row)}")
+    random_weights = cfg.random_weight_parts()
+    if random_weights:
+        lines.append(f"  test mode, random weights ({'; '.join(random_weights)}): these numbers measure nothing")
+    return "\n".join(lines)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     config = evaluate_with_card(to_eval_config(cfg))
     out_dir = Path(config.paths.output_dir)
-    return evaluate_sweep(config, out_dir) if config.sweep_dir is not None else evaluate(config, out_dir)
+    result = evaluate_sweep(config, out_dir) if config.sweep_dir is not None else evaluate(config, out_dir)
+    log.info(closing_summary(config, out_dir, result))
+    return result

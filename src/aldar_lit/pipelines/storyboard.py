@@ -88,8 +88,8 @@ def preflight(config: InferConfig) -> None:
 class StoryboardRecord:
     """The manifest and the frames written so far; rewrites manifest.json (atomically) on every change."""
 
-    def __init__(self, out_dir: Path, config: InferConfig, num_frames: int):
-        self.out_dir = out_dir
+    def __init__(self, out_dir: Path, config: InferConfig, num_frames: int, log_warnings: bool = True):
+        self.out_dir, self.log_warnings = out_dir, log_warnings
         self.images: list[Image.Image] = []
         self.manifest: dict[str, Any] = {
             "status": "running",
@@ -112,7 +112,8 @@ class StoryboardRecord:
         self.save()
 
     def warn(self, message: str, frame: Optional[dict[str, Any]] = None) -> None:
-        log.warning(message)
+        if self.log_warnings:
+            log.warning(message)
         (frame["warnings"] if frame is not None else self.manifest["warnings"]).append(message)
 
     def add_frame(self, frame: dict[str, Any], image: Image.Image, png_text: dict[str, Any]) -> None:
@@ -287,14 +288,16 @@ def load_models(config: InferConfig) -> StoryboardModels:
     return StoryboardModels(generator, qa, face_detector)
 
 
-def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[StoryboardModels] = None) -> dict[str, Any]:
-    """Generate and write one storyboard (loading the models unless given); return its manifest."""
+def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[StoryboardModels] = None,
+                      log_warnings: bool = True) -> dict[str, Any]:
+    """Generate and write one storyboard (loading the models unless given); return its manifest. Its warnings go to
+    the manifest, and to the log unless `log_warnings` is false (a caller that counts them)."""
     t_start = time.perf_counter()
     config, ignored_lora = without_baseline_lora(config)
     scenes = load_story(config.story)
     plans = plan_frames(config, scenes)
     preflight(config)
-    record = StoryboardRecord(out_dir, config, len(plans))
+    record = StoryboardRecord(out_dir, config, len(plans), log_warnings)
     if ignored_lora is not None:
         record.manifest["lora"]["ignored"] = ignored_lora
         record.warn(f"mode=baseline is SDXL alone: lora.path={ignored_lora} is ignored")
