@@ -16,8 +16,10 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core import rank_zero
 from omegaconf import OmegaConf
+from PIL import Image
 
 from aldar_lit.config.infer import register_infer_configs
+from aldar_lit.image_grid import LINE_HEIGHT
 
 from conftest import REPO_ROOT
 
@@ -133,6 +135,14 @@ def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(
                                                                      "frame's attempts and failures)"))
     assert lines[start + 1].strip() == f"sheet: {board_dir}/storyboard.png" and (board_dir / "storyboard.png").is_file()
     assert lines[-1].strip().startswith(f"python evaluate.py lora.path={run_dir}/lora reference_images=")
+    # random weights: the page and the sheet say so at the top; every frame failed QA (no face) and is marked
+    page = (board_dir / "storyboard.html").read_text()
+    assert -1 < page.find("TEST MODE, random weights (model tiny, QA CLIP aldar-tiny-clip)") < page.find("<h1>")
+    assert "None" not in page and page.count("CLIP-T ") == 6
+    sheet = Image.open(board_dir / "storyboard.png").convert("RGB")
+    banner = sheet.crop((0, 0, sheet.width, 2 * LINE_HEIGHT)).getcolors(sheet.width * 2 * LINE_HEIGHT)
+    assert any(colour[0] > 200 and colour[1] < 60 for _, colour in banner)  # red banner text on white
+    assert sheet.getpixel((0, 2 * LINE_HEIGHT)) == (255, 0, 0)  # frame 1's red "QA failed" border
 
 
 def test_evaluation_folds_frame_warnings_into_one_count_and_ends_with_its_report(tmp_path: Path, tiny_model_dir: Path,

@@ -85,12 +85,29 @@ def preflight(config: InferConfig) -> None:
             load_rgb(Path(config.adapters.reference_image).expanduser())
 
 
+def random_weight_parts(config: InferConfig) -> list[str]:
+    """What makes this storyboard with random weights (the tiny configs): its images and QA scores mean nothing."""
+    parts = [f"model {config.model.name}"] if config.model.random_init is not None else []
+    if config.mode == "ref_guided":
+        parts += [f"{name} adapter" for name, adapter in (("IP", config.adapters.ip_adapter),
+                                                           ("ControlNet", config.adapters.controlnet))
+                  if adapter.random_init is not None]
+    if config.qa.enabled and config.qa.clip.pretrained is None:
+        parts.append(f"QA CLIP {config.qa.clip.model_name}")
+    return parts
+
+
+def test_mode_banner(random_weights: list[str]) -> Optional[str]:
+    return f"TEST MODE, random weights ({', '.join(random_weights)})" if random_weights else None
+
+
 class StoryboardRecord:
     """The manifest and the frames written so far; rewrites manifest.json (atomically) on every change."""
 
     def __init__(self, out_dir: Path, config: InferConfig, num_frames: int, log_warnings: bool = True):
         self.out_dir, self.log_warnings = out_dir, log_warnings
         self.images: list[Image.Image] = []
+        self.banner = test_mode_banner(random_weight_parts(config))  # the sheet and the page say so at the top
         self.manifest: dict[str, Any] = {
             "status": "running",
             "mode": config.mode,
@@ -140,9 +157,10 @@ class StoryboardRecord:
         """The contact sheet and the HTML page of the frames made so far."""
         if self.images:
             frames = self.manifest["frames"]
-            write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames])
+            write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames],
+                                flagged=[f["passed"] is False for f in frames], banner=self.banner)
             write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images,
-                       self.manifest["consistency"])
+                       self.manifest["consistency"], self.banner)
 
     def finish(self) -> None:
         self.write_sheets()
