@@ -121,6 +121,7 @@ def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(
     assert [line.strip() for line in tail[1:-1]] == [f"adapter:           {run_dir}/lora",
                                                      f"summary:           {run_dir}/summary.json",
                                                      "next, a storyboard with this adapter:"]  # last: W&B's are above
+    assert "train (epoch 1): 100%|██████████| 2/2 [" in trained.stdout  # steps of max_steps, not batches of an epoch
     for noise in ("gemm_4bit_forward", "💡 Tip"):
         assert noise not in trained.stdout + trained.stderr
     command = shlex.split(tail[-1])

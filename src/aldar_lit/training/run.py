@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class, get_method, instantiate
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +38,7 @@ from aldar_lit.tracking import adapter_artifact_name, log_adapter_artifact
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
 from aldar_lit.training.module import SDXLLoRAModule
+from aldar_lit.training.progress import StepProgressBar
 from aldar_lit.training.selection import (
     CheckpointError, StepCheckpoint, best_score_checkpoint, check_lora_fits, load_checkpoint_weights, read_checkpoint,
 )
@@ -109,7 +110,7 @@ def build_trainer(config: TrainConfig, output_dir: Path, extra_callbacks: list[C
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if config.trainer.get("enable_progress_bar", True):
         # not Rich's bar, which reads the metrics back from the GPU after every step whatever its refresh rate
-        callbacks.append(TQDMProgressBar(refresh_rate=config.progress_every_n_steps))
+        callbacks.append(StepProgressBar(refresh_rate=config.progress_every_n_steps))
     return instantiate(config.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=output_dir,
                        plugins=[AtomicCheckpointIO()])
 
