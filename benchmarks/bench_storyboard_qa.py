@@ -77,7 +77,7 @@ def main() -> None:
         if i >= args.warmup:
             bare_times.append(b)
             our_times.append(o)
-    measured = record.manifest["frames"][args.warmup:]
+    measured = record.manifest.frames[args.warmup:]
     qa_seconds = [f["attempts"][0]["seconds"]["qa"] for f in measured]
     paired = [f["seconds"] / f["attempts"][0]["seconds"]["generate"] for f in measured]
     result = {

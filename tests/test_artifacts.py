@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from aldar_lit.artifacts import RUN_SUMMARY, ArtifactError, RunSummary, read_run_summary, write_run_summary
+from aldar_lit.artifacts import (RUN_SUMMARY, STORYBOARD_MANIFEST, ArtifactError, RunSummary, StoryboardManifest,
+                                 read_run_summary, write_run_summary, write_storyboard_manifest)
 
 
 def test_run_summary_round_trip(tmp_path) -> None:
@@ -41,3 +42,14 @@ def test_a_summary_of_another_version_or_shape_is_refused_naming_the_file(tmp_pa
 def test_a_missing_summary_names_the_file(tmp_path) -> None:
     with pytest.raises(ArtifactError, match=f"{tmp_path / RUN_SUMMARY}: cannot read the run summary"):
         read_run_summary(tmp_path)
+
+
+def test_a_storyboard_manifest_of_another_version_is_refused_by_the_evaluation_naming_the_file(tmp_path) -> None:
+    from aldar_lit.evaluation.generation import ManifestError, read_manifest
+
+    write_storyboard_manifest(tmp_path, StoryboardManifest(status="complete", mode="simple"))
+    assert read_manifest(tmp_path) == StoryboardManifest(status="complete", mode="simple")
+    manifest = json.loads((tmp_path / STORYBOARD_MANIFEST).read_text())
+    (tmp_path / STORYBOARD_MANIFEST).write_text(json.dumps({**manifest, "version": 2}))
+    with pytest.raises(ManifestError, match=f"{tmp_path / STORYBOARD_MANIFEST}: storyboard manifest version 2"):
+        read_manifest(tmp_path)

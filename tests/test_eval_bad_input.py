@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aldar_lit.artifacts import StoryboardManifest, read_storyboard_manifest, write_storyboard_manifest
 from aldar_lit.config import ConfigError
 from aldar_lit.config.evaluate import IdentityConfig
 from aldar_lit.evaluation.generation import ManifestError, StoryboardRun, collect_storyboards
@@ -56,9 +57,9 @@ def write_manifest(run_dir: Path, mode: str, prompts: list[str], seeds: list[int
         image.save(run_dir / "frames" / f"{index:02d}.png")
         frames.append({"index": index, "file": f"frames/{index:02d}.png", "prompt": prompt, "seconds": 1.5,
                        "chosen_attempt": 1, "attempts": [{"seed": seed, "guidance_scale": 7.5, "qa": {"failures": []}}]})
-    (run_dir / "manifest.json").write_text(json.dumps({
-        "status": "complete", "mode": mode, "base_model": "x", "lora": {"path": None, "scale": 1.0},
-        "generation": {}, "qa": {"enabled": True}, "frames": frames, "timings": {}}))
+    write_storyboard_manifest(run_dir, StoryboardManifest(
+        status="complete", mode=mode, base_model="x", lora={"path": None, "scale": 1.0}, qa={"enabled": True},
+        frames=frames))
 
 
 def test_mismatched_manifest_is_refused_with_its_differences(tmp_path):
@@ -78,7 +79,7 @@ def test_frames_without_faces_are_counted_not_dropped(tmp_path, dlib_embedder):
     run_dir = tmp_path / "board"
     images = [astronaut(), cat(), astronaut().transpose(0)]
     write_manifest(run_dir, "simple", ["a", "b", "c"], [1, 2, 3], images)
-    run = StoryboardRun("simple", "story", 0, run_dir, json.loads((run_dir / "manifest.json").read_text()), True)
+    run = StoryboardRun("simple", "story", 0, run_dir, read_storyboard_manifest(run_dir), True)
     scorers = Scorers(ClipScorer("aldar-tiny-clip", None), None, {"dlib": dlib_embedder})
     measured = measure([run], scorers, references=[astronaut()])
     value = {(r["metric"], r["frame"]): r["value"] for r in measured.rows}
@@ -113,7 +114,7 @@ def test_sweep_dir_without_runs(tmp_path):
         evaluate_sweep(cfg, tmp_path / "out")
 
 
-def matching_manifest(cfg, mode: str, seed: int) -> tuple[dict, list]:
+def matching_manifest(cfg, mode: str, seed: int) -> tuple[StoryboardManifest, list]:
     """The manifest infer.py would write for this evaluation's (mode, prompt suite, seed), and the frame plans."""
     from aldar_lit.evaluation.generation import infer_config, suite_stories
     from aldar_lit.pipelines.storyboard import plan_frames
@@ -129,11 +130,11 @@ def matching_manifest(cfg, mode: str, seed: int) -> tuple[dict, list]:
                    "ip_adapter": {"scale": ip.scale}, "controlnet": {"conditioning_scale": cn.conditioning_scale}}}
               for p in plans]
     gen = cfg.generation
-    manifest = {"status": "complete", "mode": mode, "base_model": cfg.model.pretrained,
-                "lora": {"path": None if mode == "baseline" else cfg.lora.path, "scale": 1.0},
-                "qa": {"enabled": True}, "frames": frames, "timings": {},
-                "generation": {"width": gen.width, "height": gen.height, "steps": gen.steps,
-                               "negative_prompt": gen.negative_prompt}}
+    manifest = StoryboardManifest(status="complete", mode=mode, base_model=cfg.model.pretrained,
+                                  lora={"path": None if mode == "baseline" else cfg.lora.path, "scale": 1.0},
+                                  qa={"enabled": True}, frames=frames,
+                                  generation={"width": gen.width, "height": gen.height, "steps": gen.steps,
+                                              "negative_prompt": gen.negative_prompt})
     return manifest, plans
 
 
@@ -142,7 +143,7 @@ def test_manifest_matching_checks_cfg_and_adapter_scales(tmp_path):
 
     cfg = eval_config(tmp_path, "modes=[ref_guided]")
     manifest, plans = matching_manifest(cfg, "ref_guided", 0)
-    frames = manifest["frames"]
+    frames = manifest.frames
     story = suite_stories(cfg, tmp_path / "out")[0]
     expected = expected_manifest(infer_config(cfg, "ref_guided", story, 0, cfg.lora.path), plans)
     assert mismatches(manifest, expected) == []
@@ -151,7 +152,7 @@ def test_manifest_matching_checks_cfg_and_adapter_scales(tmp_path):
     frames[1]["attempts"][0]["guidance_scale"] = plans[1].settings.guidance_scale
     frames[1]["active_adapters"]["ip_adapter"]["scale"] = 0.0
     assert [m.split(":")[0] for m in mismatches(manifest, expected)] == ["guidance"]
-    manifest["status"] = "failed"
+    manifest.status = "failed"
     assert "status" in [m.split(":")[0] for m in mismatches(manifest, expected)]
 
 
@@ -171,9 +172,9 @@ def test_corrupt_insightface_pack_is_reported_before_any_storyboard_and_the_repo
                       f"frames_from=[{tmp_path / 'infer_run'}]")
     manifest, _ = matching_manifest(cfg, "baseline", 0)
     (tmp_path / "infer_run" / "frames").mkdir(parents=True)
-    for frame, image in zip(manifest["frames"], [astronaut(), cat()]):
+    for frame, image in zip(manifest.frames, [astronaut(), cat()]):
         image.save(tmp_path / "infer_run" / frame["file"])
-    (tmp_path / "infer_run" / "manifest.json").write_text(json.dumps(manifest))
+    write_storyboard_manifest(tmp_path / "infer_run", manifest)
     caplog.set_level("INFO", logger="aldar_lit")
     evaluate(cfg, tmp_path / "out")
     messages = [r.getMessage() for r in caplog.records]

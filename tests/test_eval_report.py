@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from aldar_lit.artifacts import read_storyboard_manifest
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.metrics import Measurements, Scorers, measure, storyboard_means
 from aldar_lit.evaluation.run import write_report
@@ -20,7 +20,7 @@ from test_eval_bad_input import eval_config, write_manifest
 def board(tmp_path, mode: str, images: list[Image.Image]) -> StoryboardRun:
     run_dir = tmp_path / mode
     write_manifest(run_dir, mode, ["a", "b", "c"], [1, 2, 3], images)
-    return StoryboardRun(mode, "story", 0, run_dir, json.loads((run_dir / "manifest.json").read_text()), True)
+    return StoryboardRun(mode, "story", 0, run_dir, read_storyboard_manifest(run_dir), True)
 
 
 def test_report_from_faces_and_non_faces(tmp_path, dlib_embedder):
@@ -142,8 +142,8 @@ def test_story_measures_go_through_the_clustered_statistics_into_the_report(tmp_
         for mode, later in (("baseline", [grace_hopper(), cat()]), ("ref_guided", [frame1, frame1.rotate(5)])):
             run_dir = tmp_path / mode / f"seed{seed}"
             write_manifest(run_dir, mode, ["a", "b", "c"], [1, 2, 3], [frame1, *later])
-            manifest = json.loads((run_dir / "manifest.json").read_text())
-            manifest["identity_reference"] = {"source": "frame 1", "face": HaarFaceDetector().detect(frame1)[0]
+            manifest = read_storyboard_manifest(run_dir)
+            manifest.identity_reference = {"source": "frame 1", "face": HaarFaceDetector().detect(frame1)[0]
                                               .to_dict(), "fallback": None}
             runs.append(StoryboardRun(mode, "story", seed, run_dir, manifest, True))
     clip = ClipScorer("aldar-tiny-clip", None)

@@ -3,11 +3,11 @@ published rule, on real photographs (offline): one person's photos verify, seven
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
+from aldar_lit.artifacts import read_storyboard_manifest
 from aldar_lit.evaluation.generation import StoryboardRun
 from aldar_lit.evaluation.metrics import Scorers, measure, summarise
 from aldar_lit.quality.face_identity import ArcFaceOnnxEmbedder, main_face
@@ -19,7 +19,7 @@ from test_eval_bad_input import eval_config, write_manifest
 def storyboard(tmp_path, name: str, images) -> StoryboardRun:
     run_dir = tmp_path / name
     write_manifest(run_dir, "simple", [f"frame {i}" for i in range(len(images))], list(range(len(images))), images)
-    return StoryboardRun("simple", name, 0, run_dir, json.loads((run_dir / "manifest.json").read_text()), True)
+    return StoryboardRun("simple", name, 0, run_dir, read_storyboard_manifest(run_dir), True)
 
 
 def rates(rows, story: str, metric: str) -> list[float]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from aldar_lit.artifacts import StoryboardManifest, read_storyboard_manifest
 from aldar_lit.config import ConfigError
 from aldar_lit.config.infer import to_infer_config
 from aldar_lit.pipelines.shared_attention import SELF_ATTENTION, SharedFrame, SharedTokens
@@ -38,9 +39,9 @@ def infer_config(story: Path, out_dir: Path, *overrides: str):
                                           f"paths.output_dir={out_dir}", *TINY_GENERATION, *overrides]))
 
 
-def render(config, out_dir: Path, models=None) -> tuple[dict, list[np.ndarray]]:
+def render(config, out_dir: Path, models=None) -> tuple[StoryboardManifest, list[np.ndarray]]:
     manifest = render_storyboard(config, out_dir, models)
-    return manifest, [np.asarray(Image.open(out_dir / f["file"]), dtype=np.int16) for f in manifest["frames"]]
+    return manifest, [np.asarray(Image.open(out_dir / f["file"]), dtype=np.int16) for f in manifest.frames]
 
 
 def processors(unet: torch.nn.Module) -> dict[str, int]:
@@ -93,16 +94,16 @@ def test_a_plain_storyboard_after_a_shared_one_equals_a_fresh_run(simple_runs):
 
 def test_manifest_and_page_record_the_settings(simple_runs):
     manifest, _ = simple_runs["shared"]
-    consistency = manifest["consistency"]
+    consistency = manifest.consistency
     assert consistency["shared_attention"] is True and consistency["group_size"] == 2
     assert consistency["sample_rate"] == 0.5 and consistency["layers"] == ["down", "mid", "up"]
     assert consistency["step_range"] == [0.0, 1.0] and consistency["anchor_frames"] == [1, 2]
-    assert consistency["anchor_seeds"] == [f["seed"] for f in manifest["frames"][:2]]
+    assert consistency["anchor_seeds"] == [f["seed"] for f in manifest.frames[:2]]
     assert consistency["kept_bytes"] > 0
     assert json.loads((simple_runs["root"] / "shared" / "manifest.json").read_text())["consistency"] == consistency
     page = (simple_runs["root"] / "shared" / "storyboard.html").read_text()
     assert "shared attention: sample_rate 0.5" in page and "group_size 2" in page
-    assert simple_runs["off_after"][0]["consistency"] == {"shared_attention": False}
+    assert simple_runs["off_after"][0].consistency == {"shared_attention": False}
     assert "shared attention: off" in (simple_runs["root"] / "off_after" / "storyboard.html").read_text()
 
 
@@ -169,7 +170,7 @@ def test_ref_guided_with_lora_shares_and_hands_the_models_back(tiny_model_dir, t
     models = load_models(infer_config(three_scene_story, tmp_path, *common))
     manifest, shared = render(infer_config(three_scene_story, tmp_path / "shared", *common, *SHARED),
                               tmp_path / "shared", models)
-    assert set(manifest["frames"][1]["active_adapters"]) == {"lora", "ip_adapter", "controlnet"}
+    assert set(manifest.frames[1]["active_adapters"]) == {"lora", "ip_adapter", "controlnet"}
     assert differs(shared[1], fresh[1]) and differs(shared[2], fresh[2])
     _, after = render(infer_config(three_scene_story, tmp_path / "after", *common), tmp_path / "after", models)
     for frame, expected in zip(after, fresh, strict=True):
@@ -225,8 +226,8 @@ def test_evaluate_compares_modes_with_and_without_sharing(tmp_path, tiny_model_d
     assert "simple+shared − simple" in (tmp_path / "report.md").read_text()
 
     board = tmp_path / "generations" / "simple+shared" / "prompt_suite" / "seed0"
-    manifest = json.loads((board / "manifest.json").read_text())
-    assert manifest["mode"] == "simple" and manifest["consistency"]["shared_attention"] is True
+    manifest = read_storyboard_manifest(board)
+    assert manifest.mode == "simple" and manifest.consistency["shared_attention"] is True
     cfg = to_eval_config(compose_evaluate(overrides))
     story = suite_stories(cfg, tmp_path)[0]
     for mode, settings, matches in (("simple+shared", [], True), ("simple", [], False),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from aldar_lit.artifacts import StoryboardManifest
 from aldar_lit.config.evaluate import StoryMetricsConfig
 from aldar_lit.evaluation.story_metrics import (StoryScorers, body_box, character_view, copy_paste_degree,
                                                 reference_views, self_similarity, storyboard_measures)
@@ -83,10 +84,14 @@ def test_copy_paste_is_near_one_for_a_copy_one_half_when_equidistant_and_near_ze
     assert float(close[0]) == pytest.approx(1 / (1 + math.exp(-(1 - math.cos(0.1415)) / 0.01)), rel=1e-4)
 
 
-def manifest_anchored_on(frame1: Image.Image) -> dict:
+UNANCHORED = StoryboardManifest(status="complete", mode="simple")  # no identity_reference recorded
+
+
+def manifest_anchored_on(frame1: Image.Image) -> StoryboardManifest:
     """What the storyboard records for its identity anchor: frame 1's largest face (storyboard.set_reference)."""
     (face,) = HaarFaceDetector().detect(frame1)
-    return {"identity_reference": {"source": "frame 1", "face": face.to_dict(), "fallback": None}}
+    return StoryboardManifest(status="complete", mode="ref_guided",
+                              identity_reference={"source": "frame 1", "face": face.to_dict(), "fallback": None})
 
 
 def by_metric(measures) -> dict:
@@ -110,11 +115,11 @@ def test_storyboard_measures_count_characters_and_compare_crops(story, clip) -> 
     assert table["copy_paste"][2] > max(0.5, table["copy_paste"][3])  # closer to the anchor than to anything else
     assert table["style_consistency"][0] < 1.0
 
-    same = by_metric(storyboard_measures([1, 2, 3], [photo] * 3, {}, story, clip, None, refs))
+    same = by_metric(storyboard_measures([1, 2, 3], [photo] * 3, UNANCHORED, story, clip, None, refs))
     assert same["char_self/clip"][0] == pytest.approx(1.0, abs=1e-5)
     assert same["style_consistency"][0] == pytest.approx(1.0, abs=1e-5)
     assert "copy_paste" not in same  # no recorded identity anchor: nothing to compare with
-    assert "char_cross/clip" not in by_metric(storyboard_measures([1], [photo], {}, story, clip, None, None))
+    assert "char_cross/clip" not in by_metric(storyboard_measures([1], [photo], UNANCHORED, story, clip, None, None))
 
 
 def test_copy_paste_is_higher_for_a_copied_face_than_for_the_same_person_reposed(story, clip) -> None:
@@ -132,8 +137,8 @@ def test_copy_paste_is_higher_for_a_copied_face_than_for_the_same_person_reposed
 def test_a_different_person_is_less_similar_to_the_references_than_the_character(story, clip) -> None:
     photo = astronaut()
     refs = reference_views([photo], story, clip, None)
-    table = by_metric(storyboard_measures([1, 2], [photo.resize((448, 448)), grace_hopper()], {}, story, clip, None,
-                                          refs))
+    frames = [photo.resize((448, 448)), grace_hopper()]
+    table = by_metric(storyboard_measures([1, 2], frames, UNANCHORED, story, clip, None, refs))
     assert table["char_cross/clip"][1] > table["char_cross/clip"][2]
 
 

@@ -1,7 +1,9 @@
 """Typed files passed between stages, each with a version, one writer and one reader.
 
 `AdapterCard` (`lora/adapter_card.json`): what an exported adapter was trained for, so that `infer.py lora.path=...`
-needs nothing else. `RunSummary` (`summary.json` of a training run): what train.py did and what it cost. A reader
+needs nothing else. `RunSummary` (`summary.json` of a training run): what train.py did and what it cost.
+`StoryboardManifest` (`manifest.json` beside storyboard frames, and in each training validation step): what each
+frame was made with, read back by the evaluation. A reader
 names the file when it is unreadable, of another version or has unknown fields; a file from before versions is read
 with a warning.
 """
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 ADAPTER_CARD = "adapter_card.json"
 RUN_SUMMARY = "summary.json"
+STORYBOARD_MANIFEST = "manifest.json"
 Artifact = TypeVar("Artifact")
 
 
@@ -96,6 +99,41 @@ def write_run_summary(directory: str | os.PathLike, summary: RunSummary) -> Path
 
 def read_run_summary(directory: str | os.PathLike) -> RunSummary:
     return read_artifact(Path(directory) / RUN_SUMMARY, RunSummary, "run summary")
+
+
+@dataclass
+class StoryboardManifest:
+    """Written by infer.py (rewritten after every frame) and by each training validation step, beside the frames."""
+
+    status: str  # "running" | "complete" | "failed" | "interrupted"
+    mode: str  # "baseline" | "simple" | "ref_guided" | "validation"
+    # per frame: index, file, prompt, seed, attempts (each numbered from 1, with its QA), chosen_attempt (from 1), ...
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    base_model: Optional[str] = None
+    lora: dict[str, Any] = field(default_factory=dict)  # path, scale, the tensors applied
+    story: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    qa: dict[str, Any] = field(default_factory=dict)
+    consistency: dict[str, Any] = field(default_factory=dict)  # shared-attention settings
+    timings: dict[str, float] = field(default_factory=dict)
+    precision: Optional[dict[str, Any]] = None
+    scheduler: Optional[dict[str, Any]] = None
+    identity_reference: Optional[dict[str, Any]] = None
+    error: Optional[str] = None  # status failed or interrupted: why
+    step: Optional[int] = None  # mode validation: the training step and its scores
+    metrics: Optional[dict[str, float]] = None
+    version: int = 1
+
+
+def write_storyboard_manifest(directory: str | os.PathLike, manifest: StoryboardManifest) -> Path:
+    path = Path(directory) / STORYBOARD_MANIFEST
+    write_json(path, asdict(manifest))
+    return path
+
+
+def read_storyboard_manifest(directory: str | os.PathLike) -> StoryboardManifest:
+    return read_artifact(Path(directory) / STORYBOARD_MANIFEST, StoryboardManifest, "storyboard manifest")
 
 
 def read_artifact(path: Path, kind: type[Artifact], what: str) -> Artifact:

@@ -7,7 +7,6 @@ Models load once per LoRA: `simple` and `ref_guided` storyboards share them, `ba
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from aldar_lit.artifacts import STORYBOARD_MANIFEST, ArtifactError, StoryboardManifest, read_storyboard_manifest
 from aldar_lit.config.evaluate import EvalConfig, split_mode
 from aldar_lit.config.infer import InferConfig, LoraSourceConfig, StoryConfig
 from aldar_lit.pipelines.story import Scene, load_scene_file, parse_scenes
@@ -46,7 +46,7 @@ class StoryboardRun:
     story: str
     seed: int
     dir: Path
-    manifest: dict[str, Any]
+    manifest: StoryboardManifest
     reused: bool
 
 
@@ -112,22 +112,21 @@ def guided(config: InferConfig, plan: FramePlan) -> bool:
     return config.mode == "ref_guided" and (plan.index > 1 or config.adapters.reference_image is not None)
 
 
-def manifest_facts(manifest: dict[str, Any]) -> dict[str, Any]:
-    lora = manifest.get("lora") or {}
-    frames = manifest.get("frames") or []
+def manifest_facts(manifest: StoryboardManifest) -> dict[str, Any]:
+    lora, frames = manifest.lora, manifest.frames
     return {
-        "status": manifest.get("status"),
-        "mode": manifest.get("mode"),
-        "base_model": manifest.get("base_model"),
+        "status": manifest.status,
+        "mode": manifest.mode,
+        "base_model": manifest.base_model,
         "lora.path": None if lora.get("path") is None else str(Path(lora["path"]).expanduser().resolve()),
         "lora.scale": lora.get("scale"),
-        "generation": manifest.get("generation"),
-        "qa.enabled": (manifest.get("qa") or {}).get("enabled"),
+        "generation": manifest.generation,
+        "qa.enabled": manifest.qa.get("enabled"),
         "prompts": [f.get("prompt") for f in frames],
         "first_settings": [[first.get("seed"), first.get("guidance_scale")]
                            for first in ((f.get("attempts") or [{}])[0] for f in frames)],
         "guidance": [_guidance(f.get("active_adapters") or {}) for f in frames],
-        "consistency": sharing(manifest.get("consistency") or {}),
+        "consistency": sharing(manifest.consistency),
     }
 
 
@@ -137,21 +136,21 @@ def _guidance(active: dict[str, Any]) -> Optional[list[float]]:
     return [active["ip_adapter"].get("scale"), (active.get("controlnet") or {}).get("conditioning_scale")]
 
 
-def mismatches(manifest: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+def mismatches(manifest: StoryboardManifest, expected: dict[str, Any]) -> list[str]:
     facts = manifest_facts(manifest)
     return [f"{key}: manifest has {facts[key]!r}, evaluation expects {value!r}"
             for key, value in expected.items() if facts[key] != value]
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
+def read_manifest(run_dir: Path) -> StoryboardManifest:
+    path = run_dir / STORYBOARD_MANIFEST
     if not path.is_file():
         raise ManifestError(f"{str(path)!r}: no manifest (not a finished infer.py run dir?)")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ManifestError(f"{str(path)!r}: not valid JSON: {err}") from err
-    for index, frame in enumerate(manifest.get("frames") or []):
+        manifest = read_storyboard_manifest(run_dir)
+    except ArtifactError as err:
+        raise ManifestError(str(err)) from err
+    for index, frame in enumerate(manifest.frames):
         if not (run_dir / frame.get("file", "")).is_file():
             raise ManifestError(f"{str(path)!r}: frames[{index}] names {frame.get('file')!r}, which is not on disk")
     return manifest
@@ -178,13 +177,13 @@ class GeneratorCache:
             torch.cuda.empty_cache()
 
 
-def generate(config: InferConfig, out_dir: Path, cache: GeneratorCache) -> dict[str, Any]:
+def generate(config: InferConfig, out_dir: Path, cache: GeneratorCache) -> StoryboardManifest:
     """One storyboard through the storyboard module itself, with the models from `cache`; its warnings stay in its
     manifest (the evaluation counts them)."""
     return render_storyboard(config, out_dir, cache.get(config), log_warnings=False)
 
 
-def index_reusable(frames_from: list[str]) -> list[tuple[Path, dict[str, Any]]]:
+def index_reusable(frames_from: list[str]) -> list[tuple[Path, StoryboardManifest]]:
     """Every given infer.py run dir with its manifest; a dir without one is an error naming it."""
     return [(Path(d).expanduser(), read_manifest(Path(d).expanduser())) for d in frames_from]
 
@@ -239,16 +238,16 @@ def collect_storyboards(cfg: EvalConfig, out_dir: Path, lora: Optional[str], mod
         log.warning("%d storyboard warnings (frames kept although no attempt passed QA, frames without a face) in "
                     "%d of %d generated storyboards; each is listed in its manifest.json, e.g. %s",
                     sum(storyboard_warnings(r.manifest) for r in warned), len(warned), sum(not r.reused for r in runs),
-                    warned[0].dir / "manifest.json")
+                    warned[0].dir / STORYBOARD_MANIFEST)
     return runs
 
 
-def storyboard_warnings(manifest: dict[str, Any]) -> int:
+def storyboard_warnings(manifest: StoryboardManifest) -> int:
     """Distinct warnings of a storyboard (one may be recorded both for the storyboard and for its frame)."""
-    return len({*manifest.get("warnings", []), *(w for f in manifest.get("frames", []) for w in f.get("warnings", []))})
+    return len({*manifest.warnings, *(w for f in manifest.frames for w in f.get("warnings", []))})
 
 
-def _own(target: Path) -> list[tuple[Path, dict[str, Any]]]:
+def _own(target: Path) -> list[tuple[Path, StoryboardManifest]]:
     """This evaluation's earlier output for `target`, when it finished."""
     try:
         return [(target, read_manifest(target))]

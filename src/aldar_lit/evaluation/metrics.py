@@ -150,7 +150,7 @@ class Frame:
 
 def frames_of(run: StoryboardRun) -> list[Frame]:
     frames = []
-    for entry in run.manifest.get("frames") or []:
+    for entry in run.manifest.frames:
         kept = entry["attempts"][entry.get("chosen_attempt", 1) - 1]  # attempts count from 1
         qa = kept.get("qa")
         anomaly = None if qa is None else any(f in ANOMALIES for f in qa.get("failures", []))
@@ -231,7 +231,7 @@ def measure(runs: list[StoryboardRun], scorers: Scorers, references: list[Image.
             rows += [measurement_row(run, index, prompts.get(index, ""), metric, value) for index, metric, value in
                      storyboard_measures([f.index for f in frames], images, run.manifest, story, scorers.clip,
                                          scorers.dino, ref_views)]
-        peak = (run.manifest.get("timings") or {}).get("peak_memory_bytes")
+        peak = run.manifest.timings.get("peak_memory_bytes")
         rows.append(measurement_row(run, 0, "", "peak_memory_gb", None if peak is None else peak / 1e9))
     return Measurements(rows, heatmaps)
 

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from PIL import Image
 
+from aldar_lit.artifacts import StoryboardManifest
 from aldar_lit.config.evaluate import StoryMetricsConfig
 from aldar_lit.config import ConfigError
 from aldar_lit.quality.clip_scorer import ClipScorer, ImageSimilarity, mean_reference_cosine
@@ -146,12 +147,12 @@ def reference_views(images: Sequence[Image.Image], story: StoryScorers, clip: Im
                           clip.embed_images(faces) if faces else None)
 
 
-def conditioned_reference(manifest: dict[str, Any], frame1: Optional[Image.Image],
+def conditioned_reference(manifest: StoryboardManifest, frame1: Optional[Image.Image],
                           story: StoryScorers) -> Optional[Image.Image]:
     """The identity anchor the storyboard recorded (`identity_reference`: the face box on frame 1 or on
     adapters.reference_image), cropped as the IP-Adapter saw it; the whole image where the storyboard used it whole.
     In `simple` and `baseline` the same crop is what ref_guided would have been conditioned on: the control."""
-    anchor = manifest.get("identity_reference")
+    anchor = manifest.identity_reference
     base = story.reference_image if story.reference_image is not None else frame1
     if anchor is None or base is None:
         return None
@@ -159,7 +160,7 @@ def conditioned_reference(manifest: dict[str, Any], frame1: Optional[Image.Image
     return base if face is None else crop_face(base, FaceBox(**face), story.face_margin)
 
 
-def storyboard_measures(indices: Sequence[int], images: Sequence[Image.Image], manifest: dict[str, Any],
+def storyboard_measures(indices: Sequence[int], images: Sequence[Image.Image], manifest: StoryboardManifest,
                         story: StoryScorers, clip: ImageSimilarity, dino: Optional[ImageSimilarity],
                         references: Optional[ReferenceViews]) -> list[Measure]:
     """Every story measure of one storyboard: per frame and, with frame index 0, per storyboard."""
@@ -182,7 +183,7 @@ def storyboard_measures(indices: Sequence[int], images: Sequence[Image.Image], m
 
 
 def copy_paste_measures(indices: Sequence[int], images: Sequence[Image.Image], views: Sequence[CharacterView],
-                        manifest: dict[str, Any], story: StoryScorers, clip: ImageSimilarity,
+                        manifest: StoryboardManifest, story: StoryScorers, clip: ImageSimilarity,
                         references: Optional[ReferenceViews]) -> list[Measure]:
     """copy_paste per frame 2..N with a face; NaN (None) where the frame has no face, and absent without
     training images with a face or a recorded identity anchor."""

@@ -19,9 +19,9 @@ from omegaconf import DictConfig
 from PIL import Image
 from tqdm.auto import tqdm
 
-from aldar_lit.atomic_write import write_json
-from aldar_lit.data.dataset import load_rgb
+from aldar_lit.artifacts import StoryboardManifest, write_storyboard_manifest
 from aldar_lit.config.infer import InferConfig, to_infer_config
+from aldar_lit.images import load_rgb
 from aldar_lit.pipelines.card_defaults import infer_with_card
 from aldar_lit.pipelines.generator import (RefGuidance, StoryboardGenerator, adapter_card_prediction_type,
                                            base_unet_config, check_adapters_fit, check_lora_dir, materialise_adapters,
@@ -108,69 +108,66 @@ class StoryboardRecord:
         self.out_dir, self.log_warnings = out_dir, log_warnings
         self.images: list[Image.Image] = []
         self.banner = test_mode_banner(random_weight_parts(config))  # the sheet and the page say so at the top
-        self.manifest: dict[str, Any] = {
-            "status": "running",
-            "mode": config.mode,
-            "base_model": config.model.pretrained,
-            "lora": {"path": config.lora.path, "scale": config.lora.scale},
-            "story": {"file": config.story.file, "llm_model": config.story.llm.model if config.story.text else None,
-                      "trigger": config.story.trigger, "num_scenes": num_frames},
-            "generation": {"width": config.generation.width, "height": config.generation.height,
-                           "steps": config.generation.steps, "negative_prompt": config.generation.negative_prompt},
-            "qa": {"enabled": config.qa.enabled, "max_attempts": config.qa.max_attempts,
-                   "prompt_threshold": config.qa.prompt_threshold, "identity_threshold": config.qa.identity_threshold,
-                   "clip_model": f"{config.qa.clip.model_name}/{config.qa.clip.pretrained}",
-                   "face_backend": config.qa.detectors.face_backend, "pose_backend": config.qa.detectors.pose_backend},
-            "consistency": {"shared_attention": config.consistency.shared_attention},
-            "warnings": [],
-            "frames": [],
-            "timings": {},
-        }
+        self.manifest = StoryboardManifest(
+            status="running",
+            mode=config.mode,
+            base_model=config.model.pretrained,
+            lora={"path": config.lora.path, "scale": config.lora.scale},
+            story={"file": config.story.file, "llm_model": config.story.llm.model if config.story.text else None,
+                   "trigger": config.story.trigger, "num_scenes": num_frames},
+            generation={"width": config.generation.width, "height": config.generation.height,
+                        "steps": config.generation.steps, "negative_prompt": config.generation.negative_prompt},
+            qa={"enabled": config.qa.enabled, "max_attempts": config.qa.max_attempts,
+                "prompt_threshold": config.qa.prompt_threshold, "identity_threshold": config.qa.identity_threshold,
+                "clip_model": f"{config.qa.clip.model_name}/{config.qa.clip.pretrained}",
+                "face_backend": config.qa.detectors.face_backend, "pose_backend": config.qa.detectors.pose_backend},
+            consistency={"shared_attention": config.consistency.shared_attention},
+        )
         self.save()
 
     def warn(self, message: str, frame: Optional[dict[str, Any]] = None) -> None:
         if self.log_warnings:
             log.warning(message)
-        (frame["warnings"] if frame is not None else self.manifest["warnings"]).append(message)
+        (frame["warnings"] if frame is not None else self.manifest.warnings).append(message)
 
     def add_frame(self, frame: dict[str, Any], image: Image.Image, png_text: dict[str, Any]) -> None:
         write_frame(self.out_dir / frame["file"], image, png_text)
         self.images.append(image)
-        self.manifest["frames"].append(frame)
+        self.manifest.frames.append(frame)
         self.save()
 
     def describe_models(self, generator: StoryboardGenerator) -> None:
         """What the frames are really made with: dtypes, scheduler and prediction type, the LoRA tensors applied."""
-        self.manifest["precision"] = generator.precision()
-        self.manifest["scheduler"] = generator.scheduler_info
+        self.manifest.precision = generator.precision()
+        self.manifest.scheduler = generator.scheduler_info
         if generator.lora_fit is not None:
-            self.manifest["lora"].update(generator.lora_fit.to_dict())
+            self.manifest.lora.update(generator.lora_fit.to_dict())
             if generator.lora_fit.unmatched:
                 self.warn(f"lora: {len(generator.lora_fit.unmatched)} of {generator.lora_fit.tensors} tensors fit "
                           "no module of the base model and are not applied (lora.allow_partial=true)")
         self.save()
 
     def save(self) -> None:
-        write_json(self.out_dir / "manifest.json", self.manifest)
+        write_storyboard_manifest(self.out_dir, self.manifest)
 
     def write_sheets(self) -> None:
         """The contact sheet and the HTML page of the frames made so far."""
         if self.images:
-            frames = self.manifest["frames"]
+            frames = self.manifest.frames
             write_contact_sheet(self.out_dir / "storyboard.png", self.images, [f["scene"]["text"] for f in frames],
                                 flagged=[f["passed"] is False for f in frames], banner=self.banner)
-            write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest['mode']})", frames, self.images,
-                       self.manifest["consistency"], self.banner)
+            write_html(self.out_dir / "storyboard.html", f"Storyboard ({self.manifest.mode})", frames, self.images,
+                       self.manifest.consistency, self.banner)
 
     def finish(self) -> None:
         self.write_sheets()
-        self.manifest["status"] = "complete"
+        self.manifest.status = "complete"
         self.save()
 
     def finish_stopped(self, status: str, error: str) -> None:
         """Record a failed or interrupted run. Nothing here raises (a full disk may refuse these writes too):
         what cannot be written is logged, so that the error which stopped the run stays the one reported."""
-        self.manifest["status"], self.manifest["error"] = status, error
+        self.manifest.status, self.manifest.error = status, error
         try:
             self.write_sheets()
         except Exception as err:
@@ -202,7 +199,7 @@ class Storyboard:
         self.shared = SharedTokens(self.config.consistency, [p.settings.seed for p in anchors], gen.steps)
         self.generator.record_shared_tokens(self.shared, [p.prompt for p in anchors], gen.negative_prompt,
                                             [p.settings for p in anchors], gen.width, gen.height, gen.steps)
-        self.record.manifest["consistency"] = {**self.shared.describe(),
+        self.record.manifest.consistency = {**self.shared.describe(),
                                                "seconds": round(time.perf_counter() - started, 4)}
         self.record.save()
 
@@ -210,7 +207,7 @@ class Storyboard:
         """Crop the face of the identity anchor; without a face, fall back to the whole image (with a warning)."""
         faces = self.face_detector.detect(image) if self.face_detector is not None else []
         box = largest(faces)
-        self.record.manifest["identity_reference"] = {"source": source, "face": box.to_dict() if box else None,
+        self.record.manifest.identity_reference = {"source": source, "face": box.to_dict() if box else None,
                                                       "fallback": None if box else "whole image"}
         if box is None:
             self.ip_reference = image
@@ -307,7 +304,7 @@ def load_models(config: InferConfig) -> StoryboardModels:
 
 
 def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[StoryboardModels] = None,
-                      log_warnings: bool = True) -> dict[str, Any]:
+                      log_warnings: bool = True) -> StoryboardManifest:
     """Generate and write one storyboard (loading the models unless given); return its manifest. Its warnings go to
     the manifest, and to the log unless `log_warnings` is false (a caller that counts them)."""
     t_start = time.perf_counter()
@@ -317,14 +314,14 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
     preflight(config)
     record = StoryboardRecord(out_dir, config, len(plans), log_warnings)
     if ignored_lora is not None:
-        record.manifest["lora"]["ignored"] = ignored_lora
+        record.manifest.lora["ignored"] = ignored_lora
         record.warn(f"mode=baseline is SDXL alone: lora.path={ignored_lora} is ignored")
     try:
         models = models or load_models(config)
         record.describe_models(models.generator)
         if models.qa is not None:  # the identity check QA really runs: a backend, or CLIP and why
-            record.manifest["qa"]["identity"] = models.qa.identity.describe()
-        record.manifest["timings"]["load_seconds"] = round(time.perf_counter() - t_start, 3)
+            record.manifest.qa["identity"] = models.qa.identity.describe()
+        record.manifest.timings["load_seconds"] = round(time.perf_counter() - t_start, 3)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         storyboard = Storyboard(config, models.generator, models.qa, models.face_detector, record)
@@ -335,7 +332,7 @@ def render_storyboard(config: InferConfig, out_dir: Path, models: Optional[Story
             storyboard.keep_shared_tokens(plans)
         for plan in tqdm(plans, desc="frames", disable=not config.progress):
             storyboard.make_frame(plan)
-        timings = record.manifest["timings"]
+        timings = record.manifest.timings
         timings["total_seconds"] = round(time.perf_counter() - t_start, 3)
         timings["peak_memory_bytes"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
         record.finish()
@@ -353,7 +350,7 @@ def make_storyboard(config: InferConfig, out_dir: Path) -> float:
     """Generate and write the storyboard, say where it is; return the fraction of frames that passed QA (NaN
     without QA)."""
     manifest = render_storyboard(config, out_dir)
-    passed = [f["passed"] for f in manifest["frames"] if f["passed"] is not None]
+    passed = [f["passed"] for f in manifest.frames if f["passed"] is not None]
     log.info(closing_summary(config, out_dir, passed))
     return sum(passed) / len(passed) if passed else float("nan")
 

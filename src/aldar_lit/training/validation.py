@@ -24,7 +24,8 @@ from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from aldar_lit.atomic_write import write_json, write_png
+from aldar_lit.artifacts import StoryboardManifest, write_storyboard_manifest
+from aldar_lit.atomic_write import write_png
 from aldar_lit.image_grid import image_grid
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,12 @@ def decode_latents(pipe: StableDiffusionXLPipeline, latents: torch.Tensor) -> li
 
 
 def step_manifest(samples: Sequence[Sample], paths: Sequence[Path], metrics: dict[str, float],
-                  step: int) -> dict[str, Any]:
+                  step: int) -> StoryboardManifest:
     """The step's samples as storyboard manifest frames (index, file, prompt, seed, one attempt without QA)."""
     frames = [{"index": index, "file": path.name, "prompt": sample.prompt, "seed": sample.seed,
                "attempts": [{"attempt": 1, "seed": sample.seed, "qa": None}], "chosen_attempt": 1}
               for index, (sample, path) in enumerate(zip(samples, paths), start=1)]
-    return {"status": "complete", "mode": "validation", "step": step, "metrics": metrics, "frames": frames}
+    return StoryboardManifest(status="complete", mode="validation", step=step, metrics=metrics, frames=frames)
 
 
 class ValidationSampler(L.Callback):
@@ -185,7 +186,7 @@ class ValidationSampler(L.Callback):
             write_png(path, sample.image)
             paths.append(path)
         write_png(step_dir / "grid.png", image_grid([s.image for s in samples], columns=len(self.seeds)))
-        write_json(step_dir / "manifest.json", step_manifest(samples, paths, metrics, step))
+        write_storyboard_manifest(step_dir, step_manifest(samples, paths, metrics, step))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self.log_to_wandb(logger, samples, paths, metrics, step)
