@@ -9,13 +9,13 @@ import shutil
 import site
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from setuptools import find_packages
+from setuptools.config.pyprojecttoml import read_configuration  # tomllib is Python 3.11+
 
 from aldar_lit.cli import CONFIG_PATH
 from aldar_lit.config import register_configs
@@ -24,7 +24,7 @@ from aldar_lit.pipelines.story import find_scene_file
 
 from conftest import REPO_ROOT
 
-PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+PYPROJECT = read_configuration(REPO_ROOT / "pyproject.toml", expand=False)
 SCRIPTS = PYPROJECT["project"]["scripts"]
 TOOLS = ["train", "infer", "evaluate", "caption", "curate"]
 TINY_QUICKSTART = ["experiment=quickstart", "callbacks=none", "logger=csv", "data.resolution=32", "lora.rank=2",
@@ -92,7 +92,6 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-@pytest.mark.slow  # builds and installs a wheel, then trains: ~1 min on 2 cores
 def test_installed_wheel_trains_the_quickstart_from_any_directory(installed_wheel: Path, tmp_path: Path,
                                                                   tiny_model_dir: Path) -> None:
     bin_dir = installed_wheel / "bin"
