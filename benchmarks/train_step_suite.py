@@ -10,12 +10,12 @@ warm-up steps (compilation included), the activation memory one step keeps for i
 (any device; `SavedActivations`) and the aten operators one eager step dispatches.
 
     python benchmarks/train_step_suite.py --model tiny --device cpu --resolution 64 --rank 8   # anywhere
-    python benchmarks/train_step_suite.py --model sdxl_arch --device cuda                       # the seed's recipe on a GPU
+    python benchmarks/train_step_suite.py --model sdxl_arch --device cuda                       # the recipe on a GPU
     python benchmarks/train_step_suite.py --model sdxl_arch --device cpu --precision bf16-mixed \
         --batch-size 1 --resolution 128 --repeats 0 --variants ...   # full size on a CPU: ~15 GB
 
 The plain loop (the shape of diffusers' SDXL LoRA example: loss -> backward -> clip -> step ->
-zero_grad, no framework) runs on the seed-recipe settings in the same process, so
+zero_grad, no framework) runs on the recipe's settings (the technical justification's) in the same process, so
 `lightning_over_plain` is the framework's overhead as a ratio.
 """
 
@@ -58,7 +58,7 @@ OPTIMIZERS = {
     "adamw8bit": {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True},
 }
 CONSTANT = {"_target_": "diffusers.optimization.get_scheduler", "_partial_": True, "name": "constant"}
-# name -> switches on top of the seed recipe
+# name -> switches on top of the technical justification's recipe
 VARIANTS: dict[str, dict[str, Any]] = {
     "seed_recipe": {},
     "cached_latents": {"cached_latents": True},
@@ -423,13 +423,13 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the seed recipe (0: none)")
+    parser.add_argument("--repeats", type=int, default=1, help="plain/Lightning pairs on the recipe (0: none)")
     parser.add_argument("--precision", choices=["bf16-mixed", "32-true"],
-                        help="default: bf16-mixed on CUDA (the seed's), 32-true on the CPU (faster there)")
+                        help="default: bf16-mixed on CUDA (the recipe's), 32-true on the CPU (faster there)")
     parser.add_argument("--variants", default="all", help=f"comma-separated, or all: {','.join(VARIANTS)}")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 datasheet peak (H100/H200 SXM)")
     parser.add_argument("--profile", action="store_true",
-                        help="record the seed recipe's most expensive operators and, on CUDA, its host syncs")
+                        help="record the recipe's most expensive operators and, on CUDA, its host syncs")
     parser.add_argument("--out", type=Path, help="JSON results, rewritten (atomically) after every variant")
     args = parser.parse_args()
     if args.variants == "all":

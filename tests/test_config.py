@@ -1,4 +1,4 @@
-"""The composed Hydra configs: recipes say what the seed says, bad values fail naming their key."""
+"""The composed Hydra configs: recipes say what the technical justification says, bad values fail naming their key."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def compose_train(*overrides: str) -> TrainConfig:
     return to_train_config(cfg)
 
 
-def test_aldar_kose_experiment_is_the_seed_recipe() -> None:
+def test_aldar_kose_experiment_is_the_technical_justifications_recipe() -> None:
     config = compose_train("experiment=aldar_kose", "data.root=/data/renders")
     assert config.model.pretrained == "stabilityai/stable-diffusion-xl-base-1.0"
     assert (config.lora.rank, config.lora.alpha, config.lora.train_text_encoders) == (64, 64.0, True)
@@ -36,6 +36,19 @@ def test_aldar_kose_experiment_is_the_seed_recipe() -> None:
     assert config.data.batch_size == 4 and config.data.resolution == 1024
     assert config.trainer["precision"] == "bf16-mixed" and config.trainer["max_steps"] == 1000
     assert config.data.trigger == "aldar_kose_man"
+
+
+def test_lr_sweep_runs_the_technical_justifications_three_pairs_the_recipes_one_named_recipe() -> None:
+    """lr_pair=recipe, not "seed", which on the command line read as a random seed."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        sweep = compose("train", overrides=["experiment=lr_sweep", "data.root=/data/renders"], return_hydra_config=True)
+    choices = sweep.hydra.sweeper.params.lr_pair.split(",")
+    pairs = {choice: compose_train("experiment=lr_sweep", "data.root=/data/renders", f"lr_pair={choice}").optim
+             for choice in choices}
+    assert {choice: (optim.unet_lr, optim.text_encoder_lr) for choice, optim in pairs.items()} == {
+        "high": (5e-4, 1e-4), "recipe": (1e-4, 5e-5), "low": (5e-5, 1e-5)}
+    assert (sweep.optim.unet_lr, sweep.optim.text_encoder_lr) == (1e-4, 5e-5)  # without a choice: the recipe's
 
 
 def test_optimizer_and_schedule_are_selectable() -> None:

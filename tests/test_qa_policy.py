@@ -1,4 +1,4 @@
-"""Storyboard QA: the seed's auto-fix policy, anomaly verdicts, and FrameQA on real photographs."""
+"""Storyboard QA: the technical justification's auto-fix policy, anomaly verdicts, and FrameQA on real photographs."""
 
 import json
 

@@ -129,7 +129,7 @@ class IPAdapterConfig:
     subfolder: str = "sdxl_models"
     weight_name: str = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
     image_encoder_folder: str = "models/image_encoder"  # the ViT-H encoder, relative to `repo`
-    scale: float = 0.7  # the seed's value: face identity vs. prompt freedom
+    scale: float = 0.7  # the technical justification's value: face identity vs. prompt freedom
     face_margin: float = 0.4  # face box grown by this fraction on each side before cropping
     random_init: Optional[RandomAdapter] = None  # tiny: write tiny seeded weights to `repo` once (offline tests)
     seed: int = 0
@@ -192,7 +192,8 @@ class DetectorConfig:
 
 @dataclass
 class AutoFixConfig:
-    """The seed's fixes: more faces than one -> higher CFG, none -> lower CFG, bad pose -> seed + 10."""
+    """The technical justification's fixes: more faces than one -> higher CFG, none -> lower CFG, bad pose ->
+    seed + 10."""
 
     multiple_faces_cfg: float = 8.5
     no_face_cfg: float = 6.5
@@ -233,7 +234,7 @@ class IdentityConfig:
 class QAConfig:
     enabled: bool = True
     max_attempts: int = 3
-    # CLIP-T (raw text-image cosine, OpenAI CLIP ViT-L/14). The seed's 0.70 is a CLIP-I (image-image) value and is
+    # CLIP-T (raw text-image cosine, OpenAI CLIP ViT-L/14). The document's 0.70 is a CLIP-I (image-image) value and is
     # unreachable on this scale: prompt-faithful generations score ~0.25-0.35 with ViT-L/14 (DreamBooth reports 0.306,
     # Ruiz et al. 2023) and unrelated image/text pairs ~0.10-0.18. 0.22 rejects frames that have lost the prompt while
     # accepting normal variation. Not measured here (no CLIP weights offline): recalibrate on your own frames.

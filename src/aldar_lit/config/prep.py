@@ -73,7 +73,7 @@ class CurateConfig:
     link: LinkMode = LinkMode.copy
     contact_sheet_thumb: int = 160
     contact_sheet_columns: int = 8
-    # The seed's 70-image split, as the reference for the view/pose balance report.
+    # The technical justification's 70-image split, as the reference for the view/pose balance report.
     balance_reference: dict[str, int] = field(
         default_factory=lambda: {"front": 25, "side": 20, "action": 15, "misc": 10})
     # Caption words that put an image in a category; checked in this order, the first match wins.

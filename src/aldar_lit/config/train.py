@@ -221,7 +221,7 @@ class CheckpointConfig:
 
     every_n_train_steps: Optional[int] = None  # None: at the end of training only; e.g. 200
     save_last: bool = True
-    at_steps: list[int] = field(default_factory=list)  # extra checkpoints, e.g. the seed's 200/400/800/1500
+    at_steps: list[int] = field(default_factory=list)  # extra checkpoints, e.g. the justification's 200/400/800/1500
 
     def __post_init__(self) -> None:
         if self.every_n_train_steps is not None:

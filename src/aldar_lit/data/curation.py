@@ -2,7 +2,7 @@
 
 Writes the kept images (with their captions) to `<output_dir>/images` (train with
 `data.root=<output_dir>/images`), and beside it `report.json` and `report.md` listing every dropped
-file and why plus the view/pose balance of the kept set against the seed's split, and
+file and why plus the view/pose balance of the kept set against the technical justification's split, and
 `contact_sheet.png` showing the kept set.
 """
 

@@ -44,7 +44,8 @@ DEFINITIONS = {
     "id_to_train": "mean cosine of the frame's largest face to the faces of the training images",
     "verified_to_frame1": "1 when the frame's largest face is the same person as frame 1's by the backend's published "
                           "rule (dlib: Euclidean distance < 0.6; ArcFace: cosine >= 0.4), 0 when not or when either "
-                          "frame has no face; frames 2..N. The mode's mean is the seed's 'face consistency' rate",
+                          "frame has no face; frames 2..N. The mode's mean is the technical justification's "
+                          "'face consistency' rate",
     "verified_to_train": "1 when the frame's largest face is the same person as more than half of the training "
                          "images' faces by that rule, 0 when not or when the frame has no face",
     "story_consistency": "per storyboard: mean pairwise cosine between the faces of its frames (those detected)",

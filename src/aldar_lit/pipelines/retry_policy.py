@@ -1,4 +1,4 @@
-"""The seed's auto-fix policy: what the next attempt of a frame that failed QA is generated with.
+"""The technical justification's auto-fix policy: what the next attempt of a frame that failed QA is generated with.
 
 Fixes (seed, section 5): multiple faces -> CFG 8.5 + new seed; no face -> CFG 6.5 + new seed;
 invalid pose -> seed + 10; anything else -> new seed. When several apply, the first in that order wins.

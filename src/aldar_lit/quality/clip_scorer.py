@@ -1,7 +1,7 @@
 """open_clip embeddings for DreamBench-style scores: CLIP-T (text-image) and CLIP-I (image-image) cosines.
 
 Cosines are returned raw, in [-1, 1]: CLIP-T for good matches sits around 0.25-0.35 with ViT-L/14,
-CLIP-I (generated vs. reference images of the subject) is the scale of the seed's "CLIP 0.79".
+CLIP-I (generated vs. reference images of the subject) is the scale of the technical justification's "CLIP 0.79".
 """
 
 from __future__ import annotations

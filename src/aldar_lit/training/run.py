@@ -263,8 +263,8 @@ def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, An
 def memory_advice(config: TrainConfig) -> list[str]:
     """Overrides that lower training memory, among those this run does not use yet, largest effect first.
 
-    The figures are the seed recipe's peak on one H200 (unless they say otherwise), 39.4 GiB as it stands
-    (`benchmarks/results/train_step_sdxl_arch_h200.json`).
+    The figures are the peak of the technical justification's recipe on one H200 (unless they say otherwise),
+    39.4 GiB as it stands (`benchmarks/results/train_step_sdxl_arch_h200.json`).
     """
     advice = []
     if not config.model.gradient_checkpointing:

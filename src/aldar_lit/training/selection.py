@@ -75,7 +75,7 @@ def check_lora_fits(checkpoint: dict[str, Any], lora: LoraConfig, path: str | Pa
 
 
 class StepCheckpoint(L.Callback):
-    """Saves `step-NNNNNN.ckpt` at each listed global step (the seed's checkpoint-200/400/800/1500).
+    """Saves `step-NNNNNN.ckpt` at each listed global step (the technical justification's checkpoint-200/400/800/1500).
 
     Steps that the periodic `ModelCheckpoint(every_n_train_steps=every_n)` saves anyway are left to it.
     """
