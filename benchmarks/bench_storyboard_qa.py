@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from aldar_lit.config import ModelConfig, PathsConfig
+from aldar_lit.config import ClipConfig, ModelConfig, PathsConfig
 from aldar_lit.offline.random_init import materialise_random_sdxl
-from aldar_lit.config.infer import ClipQAConfig, GenerationConfig, InferConfig, QAConfig, StoryConfig
+from aldar_lit.config.infer import GenerationConfig, InferConfig, QAConfig, StoryConfig
 from aldar_lit.pipelines.generator import StoryboardGenerator
 from aldar_lit.pipelines.story import Scene
 from aldar_lit.pipelines.storyboard import FramePlan, Storyboard, StoryboardRecord
@@ -47,7 +47,7 @@ def main() -> None:
     model_dir = materialise_random_sdxl("tiny", 0, cache / "models" / "tiny-sdxl-seed0")
     model = ModelConfig(name="tiny", pretrained=str(model_dir), random_init="tiny")
     qa_cfg = QAConfig(max_attempts=1, prompt_threshold=-1.0, identity_threshold=-1.0,
-                      clip=ClipQAConfig(model_name="aldar-tiny-clip", pretrained=None))
+                      clip=ClipConfig(model_name="aldar-tiny-clip", pretrained=None))
     config = InferConfig(model=model, mode="baseline", story=StoryConfig(file="unused.yaml"), qa=qa_cfg,
                          generation=GenerationConfig(width=args.size, height=args.size, steps=args.steps),
                          paths=PathsConfig(cache_dir=str(cache)), progress=False)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import Container, DictConfig, OmegaConf
 
-from aldar_lit.config import (TRIGGER, DataConfig, Dtype, LoraConfig, ModelConfig, OptimConfig, PathsConfig,
-                              ScorerConfig, TrainConfig, as_plain_dict)
+from aldar_lit.config import (TRIGGER, ClipConfig, DataConfig, Dtype, LoraConfig, ModelConfig, OptimConfig,
+                              PathsConfig, ScorerConfig, TrainConfig, WandbConfig, as_plain_dict)
 from aldar_lit.config.evaluate import EvalConfig
 from aldar_lit.config.infer import AdaptersConfig, InferConfig, QAConfig
 from aldar_lit.config.prep import CaptionConfig, CurateConfig
@@ -85,12 +87,12 @@ def test_no_yaml_value_repeats_its_schema_default() -> None:
 
 def test_the_check_finds_a_repeated_default(tmp_path) -> None:
     (tmp_path / "qa").mkdir()
-    (tmp_path / "qa" / "default.yaml").write_text("max_attempts: 3\nclip: {model_name: ViT-L-14, seed: 7}\n")
-    (tmp_path / "qa" / "tiny.yaml").write_text("defaults: [default]\nmax_attempts: 2\nclip: {seed: 7}\n")
+    (tmp_path / "qa" / "default.yaml").write_text("max_attempts: 3\nseed: 7\nclip: {model_name: ViT-L-14}\n")
+    (tmp_path / "qa" / "tiny.yaml").write_text("defaults: [default]\nmax_attempts: 2\nseed: 7\n")
     for tool in TOOL_SCHEMAS:
         (tmp_path / f"{tool}.yaml").write_text("defaults: [_self_]\n")
     assert repeated_defaults(tmp_path) == {"qa/default.yaml": ["max_attempts: 3", "clip.model_name: 'ViT-L-14'"],
-                                           "qa/tiny.yaml": ["clip.seed: 7"]}
+                                           "qa/tiny.yaml": ["seed: 7"]}
 
 
 # Where the trigger token may be written besides its one home: prompts, which are text that uses it.
@@ -149,3 +151,17 @@ def test_a_configs_plain_dict_loads_back_with_weights_only(tmp_path) -> None:
     assert model.dtype is Dtype.bfloat16
     torch.save({"model": as_plain_dict(model)}, tmp_path / "hparams.pt")
     assert torch.load(tmp_path / "hparams.pt", weights_only=True)["model"]["dtype"] == "bfloat16"
+
+
+def test_wandb_is_written_the_same_way_for_training_and_evaluation() -> None:
+    """evaluate.py's `wandb.*` are keys of Lightning's WandbLogger (which train.py's `logger.wandb.*` is passed to),
+    with the defaults that training's logger preset gives them."""
+    shared = {f.name: f.default for f in dataclasses.fields(WandbConfig) if f.name != "enabled"}
+    assert set(shared) <= set(inspect.signature(WandbLogger.__init__).parameters)
+    training = yaml.safe_load((CONF / "logger" / "default.yaml").read_text())["wandb"]
+    assert {key: training.get(key) for key in shared} == shared
+
+
+def test_the_scorer_and_qa_name_their_clip_with_one_schema() -> None:
+    """`scorer.clip.*` and `qa.clip.*`: one sub-config (each tool keeps its own preset of it)."""
+    assert type(ScorerConfig().clip) is type(QAConfig().clip) is ClipConfig

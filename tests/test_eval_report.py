@@ -87,7 +87,7 @@ def report_of(tmp_path, rows, *overrides: str) -> tuple[str, list[dict]]:
     return (out / "report.md").read_text(), result["comparisons"]
 
 
-REAL_WEIGHTS = ("model.random_init=null", "scorer.clip_pretrained=openai", "scorer.dino=null")
+REAL_WEIGHTS = ("model.random_init=null", "scorer.clip.pretrained=openai", "scorer.dino=null")
 
 
 def test_significance_follows_the_storyboards_not_the_frames(tmp_path):

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from aldar_lit.config import ConfigError
-from aldar_lit.config.infer import AutoFixConfig, ClipQAConfig, IdentityConfig, QAConfig, to_infer_config
+from aldar_lit.config import ClipConfig, ConfigError
+from aldar_lit.config.infer import AutoFixConfig, IdentityConfig, QAConfig, to_infer_config
 from aldar_lit.pipelines.storyboard import render_storyboard
 from aldar_lit.quality.face_identity import DLIB_SAME_PERSON_DISTANCE
 from aldar_lit.quality.faces import FaceBox
@@ -73,7 +73,7 @@ def test_qa_config_errors_name_the_key():
         QAConfig(prompt_threshold=22.0)
 
 
-TINY_CLIP = ClipQAConfig(model_name="aldar-tiny-clip", pretrained=None)
+TINY_CLIP = ClipConfig(model_name="aldar-tiny-clip", pretrained=None)
 DLIB = IdentityConfig(backends=["dlib"])
 
 

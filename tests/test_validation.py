@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
 
-from aldar_lit.config import DataConfig, DinoConfig, LoraConfig, ObjectiveConfig, OptimConfig, ScorerConfig
+from aldar_lit.config import ClipConfig, DataConfig, DinoConfig, LoraConfig, ObjectiveConfig, OptimConfig, ScorerConfig
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.data.dataset import load_rgb
 from aldar_lit.models.lora import UNET
@@ -22,7 +22,7 @@ from aldar_lit.training.module import SDXLLoRAModule
 from aldar_lit.training.validation import ValidationSampler, assemble_pipeline
 
 PROMPTS = ["aldar_kose_man standing in the steppe", "close-up portrait of aldar_kose_man"]
-TINY_SCORER = ScorerConfig(clip_model="aldar-tiny-clip", clip_pretrained=None,
+TINY_SCORER = ScorerConfig(clip=ClipConfig(model_name="aldar-tiny-clip", pretrained=None),
                            dino=DinoConfig(pretrained=False, image_size=32),
                            weights={"clip_i": 0.5, "clip_t": 2.0, "dino": 0.25})
 

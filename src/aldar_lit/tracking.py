@@ -75,6 +75,6 @@ def use_adapter_artifact(run: Any, artifact: str) -> None:
     if run.offline:
         log.warning("W&B is offline: the link to the adapter artifact %s is kept as lora_artifact in the run's "
                     "config and summary; for the lineage graph, `wandb sync` the training run, then evaluate with "
-                    "wandb.mode=online", artifact)
+                    "wandb.offline=false", artifact)
         return
     run.use_artifact(f"{artifact}:latest", type=ADAPTER_ARTIFACT_TYPE)

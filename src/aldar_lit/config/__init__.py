@@ -7,14 +7,14 @@ The training schema and the core are importable from here too (`from aldar_lit.c
 
 from aldar_lit.config.core import (ConfigError, Schema, as_plain_dict, check_choices, require, to_schema,
                                    unknown_keys)
-from aldar_lit.config.shared import (SCORE_TERMS, TRIGGER, DinoConfig, ImageDetail, PathsConfig, ScorerConfig,
-                                     WandbConfig, WandbMode)
+from aldar_lit.config.shared import (SCORE_TERMS, TRIGGER, ClipConfig, DinoConfig, ImageDetail, PathsConfig,
+                                     ScorerConfig, WandbConfig)
 from aldar_lit.config.train import (BadFilePolicy, CheckpointConfig, CompileScope, Crop, DataConfig, DemoDataConfig,
                                     Dtype, LoraConfig, LoraInit, ModelConfig, ObjectiveConfig, OptimConfig,
                                     PredictionType, TrainConfig, ValidationConfig, register_configs, to_train_config)
 
-__all__ = ["SCORE_TERMS", "TRIGGER", "BadFilePolicy", "CheckpointConfig", "CompileScope", "ConfigError", "Crop",
-           "DataConfig", "DemoDataConfig", "DinoConfig", "Dtype", "ImageDetail", "LoraConfig", "LoraInit",
+__all__ = ["SCORE_TERMS", "TRIGGER", "BadFilePolicy", "CheckpointConfig", "ClipConfig", "CompileScope", "ConfigError",
+           "Crop", "DataConfig", "DemoDataConfig", "DinoConfig", "Dtype", "ImageDetail", "LoraConfig", "LoraInit",
            "ModelConfig", "ObjectiveConfig", "OptimConfig", "PathsConfig", "PredictionType", "Schema", "ScorerConfig",
-           "TrainConfig", "ValidationConfig", "WandbConfig", "WandbMode", "as_plain_dict", "check_choices",
+           "TrainConfig", "ValidationConfig", "WandbConfig", "as_plain_dict", "check_choices",
            "register_configs", "require", "to_schema", "to_train_config", "unknown_keys"]

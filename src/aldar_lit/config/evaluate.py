@@ -18,7 +18,7 @@ from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.infer import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
                                    LoraSourceConfig, QAConfig)
 from aldar_lit.config.shared import TRIGGER, ImageDetail, PathsConfig, ScorerConfig, WandbConfig
-from aldar_lit.config.train import ModelConfig
+from aldar_lit.config.train import ModelConfig, random_weight_parts
 
 SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
 
@@ -78,7 +78,7 @@ class StoryMetricsConfig:
     # ViStoryBench's copy-paste temperature (softmax of the two similarities / T; vistorybench cids_evaluator.py)
     copy_paste_temperature: float = 0.01
     # style embedding for style_consistency: an open_clip architecture + weights (a tag or a local checkpoint file);
-    # null: the scorer's CLIP (scorer.clip_model / scorer.clip_pretrained)
+    # null: the scorer's CLIP (scorer.clip)
     style_model: Optional[str] = None
     style_pretrained: Optional[str] = None
     # CSD (ViStoryBench's style metric): a CSD checkpoint (e.g. csd_vit-large.pth: backbone.* + last_layer_style) on
@@ -173,14 +173,7 @@ class EvalConfig:
 
     def random_weight_parts(self) -> list[str]:
         """What runs with random weights (the tiny configs): its numbers measure nothing, so nothing is claimed."""
-        parts = []
-        if self.model.random_init is not None:
-            parts.append(f"model {self.model.name} (random_init={self.model.random_init})")
-        if self.scorer.clip_pretrained is None:
-            parts.append(f"CLIP scorer {self.scorer.clip_model}")
-        if self.scorer.dino is not None and not self.scorer.dino.pretrained:
-            parts.append(f"DINO scorer {self.scorer.dino.model_name}")
-        return parts
+        return random_weight_parts(self.model, self.scorer)
 
 
 def register_evaluate_configs() -> None:

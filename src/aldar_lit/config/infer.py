@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from aldar_lit.config.core import check_choices, require, to_schema
-from aldar_lit.config.shared import TRIGGER, PathsConfig
+from aldar_lit.config.shared import TRIGGER, ClipConfig, PathsConfig
 from aldar_lit.config.train import ModelConfig, PredictionType
 
 
@@ -165,13 +165,6 @@ class AdaptersConfig:
 
 
 @dataclass
-class ClipQAConfig:
-    model_name: str = "ViT-L-14"
-    pretrained: Optional[str] = "openai"  # None: random weights (the offline `aldar-tiny-clip`)
-    seed: int = 0
-
-
-@dataclass
 class DetectorConfig:
     face_backend: FaceBackend = FaceBackend.haar
     face_model_path: Optional[str] = None  # MediaPipe face detector, e.g. ~/models/blaze_face_short_range.tflite
@@ -241,7 +234,8 @@ class QAConfig:
     prompt_threshold: float = 0.22
     identity_threshold: float = 0.70  # CLIP fallback only (no identity backend loads): CLIP-I of face crops
     min_face_fraction: float = 0.05  # face box height / image height below this: character too small
-    clip: ClipQAConfig = field(default_factory=ClipQAConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    seed: int = 0  # of QA's CLIP with random weights (clip.pretrained=null)
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     autofix: AutoFixConfig = field(default_factory=AutoFixConfig)
     # same person as frame 1 by the first backend that loads, at its published rule; the manifest's qa.identity

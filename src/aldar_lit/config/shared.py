@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Optional
 
-from aldar_lit.config.core import check_choices, require
+from aldar_lit.config.core import require
 
 TRIGGER = "aldar_kose_man"  # the character's trigger token: data.trigger, story.trigger, suite.trigger, caption trigger
 
@@ -17,11 +17,6 @@ class ImageDetail(StrEnum):
     low = "low"  # 85 input tokens per image
     high = "high"  # tiles of 512 px (see OpenAI's vision docs)
     auto = "auto"
-
-
-class WandbMode(StrEnum):
-    offline = "offline"
-    online = "online"
 
 
 @dataclass
@@ -43,18 +38,25 @@ class DinoConfig:
 
 
 @dataclass
+class ClipConfig:
+    """An open_clip model: the subject scorer's (`scorer.clip`) and storyboard QA's (`qa.clip`)."""
+
+    model_name: str = "ViT-L-14"
+    pretrained: Optional[str] = "openai"  # None: random weights seeded by the tool's seed (offline aldar-tiny-clip)
+
+
+@dataclass
 class ScorerConfig:
     """open_clip model for CLIP-T/CLIP-I, optional DINO, and the weights of `val/score`."""
 
-    clip_model: str = "ViT-L-14"
-    clip_pretrained: Optional[str] = "openai"  # None: seeded random weights (offline)
+    clip: ClipConfig = field(default_factory=ClipConfig)
     dino: Optional[DinoConfig] = None  # e.g. scorer.dino={model_name: vit_small_patch16_224.dino, pretrained: true}
     # val/score = sum(weights[k] * val/k); each weight is 1 / (2 x DreamBooth's published level) -- CLIP-I 0.812, CLIP-T
     # 0.306 (Ruiz et al. 2023, Table 1) -- so a DreamBooth-quality checkpoint scores ~1.0 and a relative loss of prompt
     # fidelity costs as much as the same relative loss of subject fidelity. CLIP-I alone would reward memorising the
     # training images; CLIP-T alone, forgetting the character.
     weights: dict[str, float] = field(default_factory=lambda: {"clip_i": 0.616, "clip_t": 1.634})
-    seed: int = 0
+    seed: int = 0  # of the random-weight models (clip.pretrained=null, dino.pretrained=false)
 
     def __post_init__(self) -> None:
         for name in self.weights:
@@ -66,9 +68,9 @@ class ScorerConfig:
 
 @dataclass
 class WandbConfig:
-    enabled: bool = False
-    mode: WandbMode = WandbMode.offline
-    project: str = "aldar_lit"
+    """evaluate.py's `wandb.*`: the keys (and defaults) of Lightning's WandbLogger, which train.py's `logger.wandb.*`
+    passes on (conf/logger/default.yaml), so a W&B setting is written the same way for both tools."""
 
-    def __post_init__(self) -> None:
-        check_choices(self, "wandb")
+    enabled: bool = False
+    project: str = "aldar_lit"
+    offline: bool = True  # sync later with `wandb sync`; false streams to wandb.ai

@@ -91,7 +91,8 @@ class Scorers:
     def versions(self, cfg: EvalConfig) -> dict[str, str]:
         """What produced each number, for the report."""
         sc = cfg.scorer
-        versions = {"clip": f"open_clip {sc.clip_model} / {sc.clip_pretrained or 'random weights (seed %d)' % sc.seed}"}
+        weights = sc.clip.pretrained or f"random weights (seed {sc.seed})"
+        versions = {"clip": f"open_clip {sc.clip.model_name} / {weights}"}
         if self.dino is not None:
             versions["dino"] = f"timm {sc.dino.model_name} ({'pretrained' if sc.dino.pretrained else 'random weights'})"
         versions.update({f"identity/{name}": f"{e.version}; same person when {e.verification.describe()}"
@@ -107,7 +108,7 @@ def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentity
     """CLIP and DINO, with the identity backends built (or found unavailable) by
     `quality.face_identity.build_identity_embedders`."""
     sc = cfg.scorer
-    clip = ClipScorer(sc.clip_model, sc.clip_pretrained, device, sc.seed)
+    clip = ClipScorer(sc.clip.model_name, sc.clip.pretrained, device, sc.seed)
     dino = None
     if sc.dino is not None:
         dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
@@ -119,7 +120,7 @@ def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> Story
     story_metrics.style_model names another open_clip model)."""
     sm = cfg.story_metrics
     if sm.style_model is None:
-        style, style_name = clip, f"the scorer's CLIP ({cfg.scorer.clip_model})"
+        style, style_name = clip, f"the scorer's CLIP ({cfg.scorer.clip.model_name})"
     elif sm.style_csd_checkpoint is not None:
         style = load_csd(sm.style_csd_checkpoint, sm.style_model, device, cfg.scorer.seed)
         style_name = f"CSD style head on open_clip {sm.style_model} ({sm.style_csd_checkpoint})"

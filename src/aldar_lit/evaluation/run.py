@@ -92,7 +92,8 @@ def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: li
     import wandb
 
     adapter = trained_adapter_artifact(cfg.lora.path) if cfg.lora.path else None
-    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(out_dir), job_type="evaluate",
+    run = wandb.init(project=cfg.wandb.project, mode="offline" if cfg.wandb.offline else "online", dir=str(out_dir),
+                     job_type="evaluate",
                      config={"modes": cfg.modes, "seeds": cfg.suite.seeds, "base_model": cfg.model.pretrained,
                              "lora": cfg.lora.path, "lora_artifact": adapter})
     try:

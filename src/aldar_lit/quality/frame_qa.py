@@ -122,7 +122,7 @@ class FrameQA:
     def __init__(self, cfg: QAConfig, device: str | torch.device = "cpu", face_detector: Optional[FaceDetector] = None):
         """`face_detector`: share one already built from `cfg.detectors` (built here when None)."""
         self.cfg = cfg
-        self.scorer = ClipScorer(cfg.clip.model_name, cfg.clip.pretrained, device, cfg.clip.seed)
+        self.scorer = ClipScorer(cfg.clip.model_name, cfg.clip.pretrained, device, cfg.seed)
         self.identity = build_identity_check(cfg, self.scorer, str(device))
         self.face_detector = face_detector if face_detector is not None else build_face_detector(cfg.detectors)
         detectors = cfg.detectors

@@ -63,7 +63,7 @@ class SubjectScorer:
 def build_scorer(cfg: ScorerConfig, references: Sequence[Image.Image],
                          device: str | torch.device = "cpu") -> SubjectScorer:
     """The scorer `cfg` describes, with the references embedded once."""
-    clip = ClipScorer(cfg.clip_model, cfg.clip_pretrained, device=device, seed=cfg.seed)
+    clip = ClipScorer(cfg.clip.model_name, cfg.clip.pretrained, device=device, seed=cfg.seed)
     dino = None
     if cfg.dino is not None:
         dino = DinoScorer(cfg.dino.model_name, cfg.dino.pretrained, device=device, seed=cfg.seed,
