@@ -24,12 +24,15 @@ def fake_run(sweep_dir: Path, job: str, overrides: list[str], summary: dict) -> 
     write_run_summary(run_dir, RunSummary(**summary))
 
 
-def summary(rank: int, best: float | None, step: int | None) -> dict:
+def summary(rank: int, best: float | None, step: int | None, se: float | None = None, **fields) -> dict:
+    """A run's summary fields; `se`: the standard error its best validation recorded (None: a summary without)."""
     data = {"global_step": 20, "train_seconds": 1.5 * rank, "peak_memory_bytes": 1000 * rank,
             "adapter_bytes": {"diffusers": 10 * rank, "kohya": 11 * rank}, "trainable_params": 7 * rank,
-            "lora": {"rank": rank, "alpha": rank}}
+            "lora": {"rank": rank, "alpha": rank}, **fields}
     if best is not None:
-        data.update(best_score=best, best_step=step, history=[{"step": step, "score": best}])
+        entry = {"step": step, "score": best} if se is None else {"step": step, "score": best, "score_se": se}
+        data.update(best_score=best, best_step=step, history=[{"step": step // 2, "score": 0.0, "score_se": 1.0},
+                                                              entry])
     return data
 
 
@@ -43,12 +46,13 @@ def test_report_has_one_row_per_run_in_job_order(tmp_path):
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["run"] for r in rows] == ["0", "2", "10"]
     assert [r["overrides"] for r in rows] == ["lora.rank=16", "lora.rank=8", "lora.rank=64"]
-    assert rows[1] == {"run": "2", "overrides": "lora.rank=8", "best_score": "0.65", "best_step": "80",
-                       "global_step": "20", "train_seconds": "12.0", "peak_memory_bytes": "8000",
+    assert rows[1] == {"run": "2", "overrides": "lora.rank=8", "best_score": "0.65", "score_se": "",
+                       "best_step": "80", "global_step": "20", "train_seconds": "12.0", "peak_memory_bytes": "8000",
                        "adapter_bytes": "80", "trainable_params": "56", "lora_rank": "8"}
     markdown = paths["md"].read_text()
-    assert "Best run: `0` (lora.rank=16), val/score 0.8000 at step 160." in markdown
-    assert "| 10 | lora.rank=64 | 0.7100 | 640 | 20 | 96.0000 | 64000 | 640 | 448 | 64 |" in markdown
+    assert ("Best run: `0` (lora.rank=16), val/score 0.8000 at step 160. Its margin over `10` (0.0900) is of unknown "
+            "noise (no score_se).") in markdown  # summaries from before score_se
+    assert "| 10 | lora.rank=64 | 0.7100 | – | 640 | 20 | 96.0000 | 64000 | 640 | 448 | 64 |" in markdown
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,8 +60,36 @@ def test_report_without_validation_scores_and_cli(tmp_path, capsys):
     fake_run(tmp_path, "0", ["optim.unet_lr=1e-4"], summary(4, None, None))
     fake_run(tmp_path, "1", ["optim.unet_lr=5e-4"], summary(4, None, None))
     assert main([str(tmp_path)]) == 0
-    assert "| 1 | optim.unet_lr=5e-4 | – | – | 20 |" in capsys.readouterr().out  # unset as a dash, as in report.md
+    assert "| 1 | optim.unet_lr=5e-4 | – | – | – | 20 |" in capsys.readouterr().out  # unset as a dash, as in report.md
     assert main([]) == 2
+
+
+def test_best_run_is_named_only_beyond_the_noise_of_the_scores(tmp_path):
+    """Best and runner-up 0.0100 apart: with standard errors 0.004 each the difference's is 0.00566, so 1.96 of
+    them (0.0111) cover it; with 0.002 each (0.00283) it is 3.5 standard errors ahead."""
+    for se, expected in ((0.004, "No best run: `1` (0.7100) and `0` (0.7000) differ by 0.0100, within noise (under "
+                                 "1.96 standard errors of the difference, 0.0111)."),
+                         (0.002, "Best run: `1` (lora.rank=8), val/score 0.7100 at step 40. Ahead of `0` by 0.0100, "
+                                 "3.5 standard errors.")):
+        sweep_dir = tmp_path / str(se)
+        for job, rank, best in (("0", 4, 0.70), ("1", 8, 0.71), ("2", 16, 0.50)):
+            fake_run(sweep_dir, job, [f"lora.rank={rank}"], summary(rank, best, 40, se, random_weights=[]))
+        markdown = write_sweep_summary(sweep_dir)["md"].read_text()
+        assert expected in markdown
+        assert "TEST MODE" not in markdown
+        assert ("Best run:" in markdown) == (se == 0.002)
+    rows = list(csv.DictReader((sweep_dir / "sweep_summary.csv").open()))
+    assert [r["score_se"] for r in rows] == ["0.002"] * 3  # of each run's best validation, not of an earlier one
+
+
+def test_random_weight_runs_are_test_mode_with_no_best_run(tmp_path):
+    parts = ["model tiny (random_init=tiny)", "CLIP scorer ViT-B-32"]
+    fake_run(tmp_path, "0", ["lora.rank=4"], summary(4, 0.9, 40, 0.0001, random_weights=parts))
+    fake_run(tmp_path, "1", ["lora.rank=8"], summary(8, 0.1, 40, 0.0001, random_weights=parts))
+    markdown = write_sweep_summary(tmp_path)["md"].read_text()
+    assert markdown.splitlines()[2] == ("**TEST MODE, random weights** (model tiny (random_init=tiny), CLIP scorer "
+                                        "ViT-B-32): these scores measure nothing, so no run is named best.")
+    assert "Best run" not in markdown and "No best run" not in markdown
 
 
 def test_empty_sweep_dir_is_an_error(tmp_path):
@@ -148,6 +180,7 @@ def test_optuna_sweep_summary_marks_the_studys_best_trial(tmp_path):
     markdown = paths["md"].read_text()
     assert "Optuna study `lr_search` (maximize): 5 trials, 4 complete, 1 fail." in markdown
     assert "Best run: `2026-01-01_00-00-01-1` (trial 1, optim.unet_lr=" in markdown
+    assert "Its margin over `2026-01-01_00-00-02-2` (0.1000) is of unknown noise" in markdown
 
 
 @pytest.mark.slow
@@ -171,5 +204,6 @@ def test_optuna_lr_search_on_the_tiny_model_continues_its_study(tmp_path, cache_
             assert float(row["best_score"]) == pytest.approx(trial.value)  # the value train.py returned: val/score
             assert int(row["lora_rank"]) == trial.params["lora.rank"]
             assert 1e-5 <= trial.params["optim.unet_lr"] <= 1e-3
-    assert f"Best run: `{rows[study.best_trial.number]['run']}` (trial {study.best_trial.number}," in (
-        sweep_dir / "sweep_summary.md").read_text()
+    markdown = (sweep_dir / "sweep_summary.md").read_text()
+    assert "**TEST MODE, random weights** (model tiny (random_init=tiny), CLIP scorer" in markdown  # tiny model, scorer
+    assert "Best run" not in markdown  # the table's best_trial column still marks the study's best

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -157,6 +159,9 @@ def test_val_score_of_the_exported_step_is_the_evaluation_score_of_its_images(va
     assert abs(means["score"] - summary["best_score"]) < 1e-6
     for name in ("clip_t", "clip_i", "dino"):
         assert abs(means[name] - logged[name]) < 1e-6, name
+    scores = [r["value"] for r in rows if r["metric"] == "score"]  # the noise the sweep summary weighs
+    assert logged["score_se"] == pytest.approx(statistics.stdev(scores) / math.sqrt(len(scores)), rel=1e-4)
+    assert [part.split()[0] for part in summary["random_weights"]] == ["model", "CLIP", "DINO"]  # the tiny recipe
 
 
 def same_adapter(run_a: Path, run_b: Path) -> bool:

@@ -66,7 +66,8 @@ def test_scores_logged_at_the_cadence(fitted):
     _, callback, _, trainer = fitted
     assert [entry["step"] for entry in callback.history] == [2, 4]
     for entry in callback.history:
-        assert set(entry) == {"step", "clip_t", "clip_i", "dino", "score"}
+        assert set(entry) == {"step", "clip_t", "clip_i", "dino", "score", "score_se"}
+        assert entry["score_se"] > 0  # the standard error of `score` over the step's images
         assert -1 <= entry["clip_t"] <= 1 and -1 <= entry["clip_i"] <= 1 and -1 <= entry["dino"] <= 1
         weighted = 0.5 * entry["clip_i"] + 2.0 * entry["clip_t"] + 0.25 * entry["dino"]
         assert entry["score"] == pytest.approx(weighted)

@@ -83,7 +83,9 @@ class RunSummary:
     best_step: Optional[int] = None
     best_score: Optional[float] = None
     score_weights: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, float]] = field(default_factory=list)  # step and scores of every validation
+    history: list[dict[str, float]] = field(default_factory=list)  # step and scores (score_se too) of every validation
+    # the parts with random weights (config.train.random_weight_parts); empty: none; None: unknown (an older summary)
+    random_weights: Optional[list[str]] = None
     interrupted_by: Optional[str] = None  # status interrupted: the signal, the checkpoint and how to resume
     resume_checkpoint: Optional[str] = None
     resume_command: Optional[str] = None

@@ -18,7 +18,7 @@ from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.infer import (MODES, AdaptersConfig, ConsistencyConfig, GenerationConfig, IdentityConfig,
                                    LoraSourceConfig, QAConfig)
 from aldar_lit.config.shared import TRIGGER, ImageDetail, PathsConfig, ScorerConfig, WandbConfig
-from aldar_lit.config.train import ModelConfig
+from aldar_lit.config.train import ModelConfig, random_weight_parts
 
 SHARED_SUFFIX = "+shared"  # an evaluation mode with consistent self-attention, e.g. simple+shared
 
@@ -173,14 +173,7 @@ class EvalConfig:
 
     def random_weight_parts(self) -> list[str]:
         """What runs with random weights (the tiny configs): its numbers measure nothing, so nothing is claimed."""
-        parts = []
-        if self.model.random_init is not None:
-            parts.append(f"model {self.model.name} (random_init={self.model.random_init})")
-        if self.scorer.clip.pretrained is None:
-            parts.append(f"CLIP scorer {self.scorer.clip.model_name}")
-        if self.scorer.dino is not None and not self.scorer.dino.pretrained:
-            parts.append(f"DINO scorer {self.scorer.dino.model_name}")
-        return parts
+        return random_weight_parts(self.model, self.scorer)
 
 
 def register_evaluate_configs() -> None:

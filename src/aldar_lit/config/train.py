@@ -258,6 +258,19 @@ class ValidationConfig:
                  f"must be positive, got {self.max_reference_images}")
 
 
+def random_weight_parts(model: ModelConfig, scorer: ScorerConfig) -> list[str]:
+    """The parts that have random weights (the tiny configs), for train.py's summary and evaluate.py's report: with
+    any, their scores measure nothing, so no best run or significant difference is claimed."""
+    parts = []
+    if model.random_init is not None:
+        parts.append(f"model {model.name} (random_init={model.random_init})")
+    if scorer.clip.pretrained is None:
+        parts.append(f"CLIP scorer {scorer.clip.model_name}")
+    if scorer.dino is not None and not scorer.dino.pretrained:
+        parts.append(f"DINO scorer {scorer.dino.model_name}")
+    return parts
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -51,12 +51,15 @@ class SubjectScorer:
         return metrics
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
-        """Means over the images of every metric, and `score`, their weighted sum (what `val/score` logs)."""
+        """Means over the images of every metric, `score`, their weighted sum (what `val/score` logs), and
+        `score_se`, the standard error of that mean over the images (NaN for a single image): its noise."""
         if self.clip_references is None:
             raise ValueError("scoring for checkpoint selection needs at least one reference image (CLIP-I)")
-        metrics = {name: float(values.mean()) for name, values in self.per_image(images, prompts).items()
-                   if name != "score"}
+        per_image = self.per_image(images, prompts)
+        metrics = {name: float(values.mean()) for name, values in per_image.items() if name != "score"}
         metrics["score"] = weighted_score(metrics, self.weights)
+        scores = weighted_score(per_image, self.weights)
+        metrics["score_se"] = float(scores.std() / len(scores) ** 0.5) if len(scores) > 1 else float("nan")
         return metrics
 
 

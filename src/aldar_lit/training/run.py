@@ -27,6 +27,7 @@ from PIL import Image
 
 from aldar_lit.artifacts import RunSummary, write_run_summary
 from aldar_lit.config import ConfigError, TrainConfig, to_train_config
+from aldar_lit.config.train import random_weight_parts
 from aldar_lit.console_noise import lightning_logs_through_hydra
 from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.models.export import export_lora
@@ -328,4 +329,5 @@ def make_summary(config: TrainConfig, module: SDXLLoRAModule, trainer: L.Trainer
         "adapter_bytes": {name: path.stat().st_size for name, path in adapter_files.items()},
         "final_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "seed": config.seed,
+        "random_weights": random_weight_parts(config.model, config.scorer),
     }

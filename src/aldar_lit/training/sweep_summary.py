@@ -1,4 +1,6 @@
-"""A sweep's report: one row per run (overrides, best score and step, cost), as CSV, Markdown and a plot.
+"""A sweep's report: one row per run (overrides, best score, its standard error and step, cost), as CSV, Markdown
+and a plot. It names the best run only when it is ahead of the runner-up by more than noise, and never when the runs
+recorded random weights (test mode).
 
 For an Optuna search (experiment=lr_search: the study in <sweep dir>/optuna.db) each row also names its trial,
 and the study's best trial is the one marked.
@@ -10,6 +12,7 @@ Runs after a Hydra multirun through `SweepSummaryCallback` (conf/hydra/default.y
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,15 +22,15 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from aldar_lit.artifacts import RUN_SUMMARY, read_run_summary
+from aldar_lit.artifacts import RUN_SUMMARY, RunSummary, read_run_summary
 from aldar_lit.atomic_write import write_text
 from aldar_lit.report_tables import fmt, markdown_table, pyplot, save_figure, to_csv
 
 log = logging.getLogger(__name__)
 
 OPTUNA_STORAGE = "optuna.db"  # experiment=lr_search's hydra.sweeper.storage
-COLUMNS = ("run", "overrides", "best_score", "best_step", "global_step", "train_seconds", "peak_memory_bytes",
-           "adapter_bytes", "trainable_params", "lora_rank")
+COLUMNS = ("run", "overrides", "best_score", "score_se", "best_step", "global_step", "train_seconds",
+           "peak_memory_bytes", "adapter_bytes", "trainable_params", "lora_rank")
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -97,24 +100,60 @@ def summary_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "adapter_bytes": summary.adapter_bytes.get("diffusers"),
             "trainable_params": summary.trainable_params,
             "lora_rank": summary.lora.get("rank"),
+            "score_se": best_score_se(summary),
         })
     return rows
 
 
+def random_weight_parts(runs: list[dict[str, Any]]) -> list[str]:
+    """The random-weight parts the runs recorded (a summary from before the field records none)."""
+    return list(dict.fromkeys(part for run in runs for part in run["summary"].random_weights or []))
+
+
+def best_score_se(summary: RunSummary) -> float | None:
+    """The standard error of the run's best val/score (its validation's `score_se`); None where not recorded."""
+    entry = next((h for h in summary.history if h.get("step") == summary.best_step), {})
+    se = entry.get("score_se")
+    return None if se is None or math.isnan(se) else se
+
+
+def best_run_sentence(best: dict[str, Any], rows: list[dict[str, Any]], study: str | None) -> str:
+    """Names the best run unless the runner-up is within noise: their difference below 1.96 standard errors of the
+    difference, each run's error being that of the mean over its validation images (`score_se`)."""
+    trial = "" if study is None else f"trial {best['trial']}, "
+    named = (f"Best run: `{best['run']}` ({trial}{best['overrides'] or 'no overrides'}), val/score "
+             f"{best['best_score']:.4f} at step {best['best_step']}.")
+    others = [r for r in rows if r is not best and r["best_score"] is not None]
+    if not others:
+        return named
+    runner_up = max(others, key=lambda r: r["best_score"])
+    margin = best["best_score"] - runner_up["best_score"]
+    if best["score_se"] is None or runner_up["score_se"] is None:
+        return f"{named} Its margin over `{runner_up['run']}` ({margin:.4f}) is of unknown noise (no score_se)."
+    se = math.hypot(best["score_se"], runner_up["score_se"])
+    if margin < 1.96 * se:
+        return (f"No best run: `{best['run']}` ({best['best_score']:.4f}) and `{runner_up['run']}` "
+                f"({runner_up['best_score']:.4f}) differ by {margin:.4f}, within noise (under 1.96 standard errors "
+                f"of the difference, {1.96 * se:.4f}).")
+    return f"{named} Ahead of `{runner_up['run']}` by {margin:.4f}, {margin / se:.1f} standard errors."
+
+
 def to_markdown(rows: list[dict[str, Any]], sweep_dir: Path, columns: tuple[str, ...] = COLUMNS,
-                study: str | None = None) -> str:
-    """With `study` (an Optuna sweep), the best run is the study's best trial (the `best_trial` column)."""
+                study: str | None = None, random_weights: list[str] | None = None) -> str:
+    """With `study` (an Optuna sweep), the best run is the study's best trial (the `best_trial` column). With
+    `random_weights` (test mode), no run is named best."""
     if study is None:
         best = max((r for r in rows if r["best_score"] is not None), key=lambda r: r["best_score"], default=None)
     else:
         best = next((r for r in rows if r["best_trial"]), None)
     lines = [f"# Sweep summary: {sweep_dir}", ""]
+    if random_weights:
+        lines += [f"**TEST MODE, random weights** ({', '.join(random_weights)}): these scores measure nothing, so no "
+                  "run is named best.", ""]
     if study is not None:
         lines += [f"{study}.", ""]
-    if best is not None:
-        trial = "" if study is None else f"trial {best['trial']}, "
-        lines += [f"Best run: `{best['run']}` ({trial}{best['overrides'] or 'no overrides'}), val/score "
-                  f"{best['best_score']:.4f} at step {best['best_step']}.", ""]
+    if best is not None and not random_weights:
+        lines += [best_run_sentence(best, rows, study), ""]
     lines += markdown_table(columns, [[fmt(row[c]) for c in columns] for row in rows])
     return "\n".join(lines) + "\n"
 
@@ -158,7 +197,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict[str, Path]:
     paths = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md",
              "png": sweep_dir / "sweep_summary.png"}
     write_text(paths["csv"], to_csv(rows, columns))
-    write_text(paths["md"], to_markdown(rows, sweep_dir, columns, study and description))
+    write_text(paths["md"], to_markdown(rows, sweep_dir, columns, study and description, random_weight_parts(runs)))
     plot(runs, rows, paths["png"])
     return paths
 
