@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import shutil
 import site
 import subprocess
@@ -108,3 +109,12 @@ def test_installed_wheel_trains_the_quickstart_from_any_directory(installed_whee
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (run_dir / "lora" / "pytorch_lora_weights.safetensors").is_file() and (run_dir / "summary.json").is_file()
     assert (run_dir / "train.log").is_file()  # the job is named train, as with train.py
+    # its next command is the installed one, and makes a storyboard of the story shipped in the package
+    command = shlex.split(trained.stdout.strip().splitlines()[-1])
+    assert command[:3] == ["aldar-infer", "model=tiny", f"lora.path={run_dir / 'lora'}"]
+    board_dir = tmp_path / "board"
+    inferred = subprocess.run([*command, "generation.steps=1", "progress=false", f"hydra.run.dir={board_dir}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert inferred.returncode == 0, inferred.stderr[-3000:]
+    assert len(list((board_dir / "frames").glob("*.png"))) == 6  # conf/story/aldar_kose.yaml's scenes
+    assert shlex.split(inferred.stdout.strip().splitlines()[-1])[0] == "aldar-evaluate"

@@ -7,6 +7,7 @@ wrong type fails at composition; `__post_init__` checks the values and names the
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Optional
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from aldar_lit.config.core import check_choices, require, to_schema
 from aldar_lit.config.shared import TRIGGER, PathsConfig, ScorerConfig
+from aldar_lit.tool_command import tool_command
 
 
 class Dtype(StrEnum):
@@ -298,11 +300,11 @@ class TrainConfig:
             require(len(self.data.validation_prompts) > 0, "data.validation_prompts",
                      "validation.enabled needs at least one prompt")
         if self.data.demo is not None:  # a user's data.root means their images, never a place to draw the demo
-            experiment = f" experiment={self.experiment}" if self.experiment else ""
+            experiment = [f"experiment={self.experiment}"] if self.experiment else []
+            command = shlex.join([*tool_command("train"), *experiment, "data=folder", f"data.root={self.data.root}"])
             require(self.data.root == self.data.demo.dir, "data.root",
                     f"data=demo trains on the demo character drawn into data.demo.dir={self.data.demo.dir}, not on "
-                    f"{self.data.root}; to train on your images: python train.py{experiment} data=folder "
-                    f"data.root={self.data.root}")
+                    f"{self.data.root}; to train on your images: {command}")
         if self.ckpt_path is not None:
             # Lightning would fetch a URL and unpickle it with weights_only=False: only local files resume
             require("://" not in self.ckpt_path, "ckpt_path",

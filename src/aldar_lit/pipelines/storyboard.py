@@ -9,6 +9,7 @@ finished frames, the storyboard sheets of those frames, and a manifest saying wh
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from aldar_lit.pipelines.story import Scene, load_story, prompt_for
 from aldar_lit.quality.faces import FaceDetector, build_face_detector, crop_face, largest
 from aldar_lit.quality.frame_qa import FrameQA, IdentityReference, QAReport
 from aldar_lit.pipelines.retry_policy import Settings, next_attempt
+from aldar_lit.tool_command import tool_command
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +365,8 @@ def closing_summary(config: InferConfig, out_dir: Path, passed: list[bool]) -> s
              f"  page:  {out_dir / 'storyboard.html'}"]
     if config.lora.path is not None and config.mode != "baseline":
         lines += ["next, compare it with SDXL alone and the reference-guided mode:",
-                  f"  python evaluate.py lora.path={config.lora.path} reference_images=<the training images dir>"]
+                  f"  {shlex.join(tool_command('evaluate'))} lora.path={config.lora.path} "
+                  "reference_images=<the training images dir>"]
     return "\n".join(lines)
 
 

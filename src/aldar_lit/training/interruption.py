@@ -26,6 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from aldar_lit.tool_command import tool_command
+
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +75,7 @@ def resume_command(checkpoint: str | Path, output_dir: str | Path) -> str:
     """The command line that resumes this run from `checkpoint` in its own directory."""
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "hydra.run.dir")]
-    return shlex.join(["python", sys.argv[0], *kept, f"hydra.run.dir={Path(output_dir).resolve()}",
+    return shlex.join([*tool_command("train", sys.argv[0]), *kept, f"hydra.run.dir={Path(output_dir).resolve()}",
                        f"ckpt_path={Path(checkpoint).resolve()}"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from aldar_lit.models.loading import resolve_pretrained
 from aldar_lit.quality.references import select_references
 from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.redaction import REDACTED, is_secret_key
+from aldar_lit.tool_command import tool_command
 from aldar_lit.tracking import adapter_artifact_name, log_adapter_artifact
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
@@ -255,7 +257,7 @@ def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, An
         lines.append(f"  validation images: {output_dir / 'validation'}")
     if summary.get("best_score") is not None:
         lines.append(f"  best val/score:    {summary['best_score']:.4f} at step {summary['best_step']}")
-    infer = f"python infer.py model={config.model.name} lora.path={lora}"
+    infer = shlex.join([*tool_command("infer"), f"model={config.model.name}", f"lora.path={lora}"])
     if config.model.random_init is not None:  # a random-weight model: the offline, CPU-sized storyboard
         infer += " adapters=tiny qa=tiny generation.width=64 generation.height=64 generation.steps=4"
     return "\n".join(lines + ["next, a storyboard with this adapter:", f"  {infer}"])
