@@ -204,6 +204,23 @@ def test_cli_never_writes_the_key_even_echoed_in_a_401_and_exits_non_zero_on_a_f
         assert [p for p in written if secret.encode() in p.read_bytes()] == []
 
 
+def test_cli_ends_with_where_the_captions_are_and_the_training_command(images, serve, tmp_path) -> None:
+    server = serve()
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "ALDAR_LIT_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "aldar_lit.caption", f"input_dir={images}", f"base_url={server.base_url}",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    dry = subprocess.run([*command, "dry_run=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-3].endswith(f"dry run of {images}: nothing captioned")
+    assert dry.stdout.splitlines()[-1] == "next, caption them: the same command without dry_run=true"
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    closing = result.stdout.splitlines()[-4:]
+    assert closing[0].endswith(f"captions are beside the images in {images} (0 failed)")
+    assert closing[1:] == [f"  report: {images / 'caption_report.json'}", "next, train on them:",
+                           f"  python train.py experiment=aldar_kose data.root={images}"]
+
+
 def test_scrub_removes_the_configured_key_and_key_shapes_only() -> None:
     text = f"401: key {SECRET} / Authorization: Bearer abc.def-123 / sk-live_0123456789 / 12 sk-ins / max_tokens"
     assert scrub(text, [SECRET, None, "x"]) == ("401: key <redacted> / Authorization: <redacted> / <redacted> / "

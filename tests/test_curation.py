@@ -133,3 +133,10 @@ def test_cli_writes_the_kept_set(raw, tmp_path) -> None:
     kept = out / "images" / "001.png"
     assert kept.is_symlink() and kept.resolve() == (raw / "001.png").resolve()
     assert "dropped blurred.png: blurry" in (tmp_path / "run" / "curate.log").read_text()
+    closing = result.stdout.splitlines()[-5:]  # where the outputs are, and the next command as the user can paste it
+    report = json.loads((out / "report.json").read_text())
+    assert closing[0].endswith(f"kept {len(report['kept'])} of {report['images']} images in {out / 'images'}")
+    assert closing[1:] == [f"  report:        {out / 'report.md'} (each dropped image and why)",
+                           f"  contact sheet: {out / 'contact_sheet.png'}",
+                           "next, caption them (images with a .txt caption keep it):",
+                           f"  python -m aldar_lit.caption input_dir={out / 'images'}"]

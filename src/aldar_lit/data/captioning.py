@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from aldar_lit.data.dataset import with_trigger
 from aldar_lit.images import DataError, list_image_files, load_rgb
 from aldar_lit.config.prep import CaptionConfig
 from aldar_lit.redaction import scrub
+from aldar_lit.tool_command import tool_command
 
 log = logging.getLogger(__name__)
 
@@ -282,5 +284,20 @@ def run_captioning(cfg: Any) -> CaptionReport:
                  "about $%.4f", len(report.captioned), len(report.from_cache), len(report.kept_existing),
                  len(report.failures), report.api_requests, report.prompt_tokens, report.completion_tokens,
                  report.estimated_cost_usd)
-    log.info("report: %s", report_path)
+    log.info(closing_summary(report, report_path, Path(config.input_dir).expanduser()))
     return report
+
+
+def closing_summary(report: CaptionReport, report_path: Path, input_dir: Path) -> str:
+    """caption's last lines: where the captions and the report are, and the next command: captioning for real after
+    a dry run, training once every image has its caption."""
+    if report.dry_run:
+        return "\n".join([f"dry run of {input_dir}: nothing captioned", f"  report: {report_path}",
+                          "next, caption them: the same command without dry_run=true"])
+    lines = [f"captions are beside the images in {input_dir} ({len(report.failures)} failed)",
+             f"  report: {report_path}"]
+    if report.failures:
+        return "\n".join([*lines, "next, fix or remove the failed images (the report says why), then run again: "
+                                   "captioned images are not asked again"])
+    train = shlex.join([*tool_command("train"), "experiment=aldar_kose", f"data.root={input_dir}"])
+    return "\n".join([*lines, "next, train on them:", f"  {train}"])

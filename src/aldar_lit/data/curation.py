@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from aldar_lit.config import ConfigError, to_schema
 from aldar_lit.image_grid import image_grid
 from aldar_lit.images import DataError, list_image_files, load_rgb, read_caption
 from aldar_lit.quality.faces import haar_cascade
+from aldar_lit.tool_command import tool_command
 from aldar_lit.config.prep import CurateConfig
 
 log = logging.getLogger(__name__)
@@ -217,6 +219,15 @@ def run_curation(cfg: Any) -> dict[str, Any]:
     report = curate(config)
     for dropped in report["dropped"]:
         log.info("dropped %s: %s", dropped["file"], dropped["reason"])
-    log.info("kept %d of %d images in %s (report.md, contact_sheet.png beside it)", len(report["kept"]),
-             report["images"], report["kept_dir"])
+    log.info(closing_summary(report, Path(config.output_dir).expanduser()))
     return report
+
+
+def closing_summary(report: dict[str, Any], output_dir: Path) -> str:
+    """curate's last lines: what was kept and where, the reports beside it, and the captioning command."""
+    caption = " ".join([*tool_command("caption", "-m aldar_lit.caption"),  # not a script in a checkout: python -m
+                        shlex.quote(f"input_dir={report['kept_dir']}")])
+    return "\n".join([f"kept {len(report['kept'])} of {report['images']} images in {report['kept_dir']}",
+                      f"  report:        {output_dir / REPORT_MD} (each dropped image and why)",
+                      f"  contact sheet: {output_dir / CONTACT_SHEET}",
+                      "next, caption them (images with a .txt caption keep it):", f"  {caption}"])
