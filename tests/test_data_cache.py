@@ -107,6 +107,15 @@ def test_training_through_lightning_fills_and_trains_from_the_caches(tiny_model_
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 8  # 4 latents + 4 captions
 
 
+def test_building_the_train_loader_encodes_nothing(images, tmp_path) -> None:
+    """The caches are filled by the module's `on_fit_start` (the test above), not as a side effect of the loader."""
+    data = datamodule(images, tmp_path / "cache")
+    data.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    data.train_dataloader()
+    assert data.train_dataset.latent_cache is None and data.train_dataset.text_cache is None
+    assert not (tmp_path / "cache").exists()
+
+
 def test_trained_text_encoders_bypass_the_text_cache(tiny_model_config, images, tmp_path) -> None:
     module = SDXLLoRAModule(tiny_model_config, LoraConfig(rank=4, alpha=4.0, train_text_encoders=True),
                             OptimConfig(optimizer=ADAMW, scheduler=CONSTANT), ObjectiveConfig(), seed=0)

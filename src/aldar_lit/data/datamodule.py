@@ -49,9 +49,9 @@ class ResumableDataLoader(DataLoader):
 
 
 class CaptionedImageDataModule(L.LightningDataModule):
-    """Scans and validates the folder in `setup`; fills the latent and text caches with the module's
-    frozen VAE and text encoders when the train dataloader is first built (the model is on its
-    device by then); batches are drawn from one aspect bucket each, in an order fixed by (seed, epoch).
+    """Scans and validates the folder in `setup`; `fill_caches` fills the latent and text caches with a
+    module's frozen VAE and text encoders (`SDXLLoRAModule.on_fit_start` calls it, the model on its device
+    by then); batches are drawn from one aspect bucket each, in an order fixed by (seed, epoch).
 
     Its checkpointed state is the train loader's place in the epoch, so a run resumed from a mid-epoch
     checkpoint continues at the next batch. (Lightning restores stateful loaders itself only when
@@ -65,7 +65,6 @@ class CaptionedImageDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_dataset: CaptionedImageDataset | None = None
         self.scan_report: ScanReport | None = None
-        self._caches_filled = False
         self._train_loader: ResumableDataLoader | None = None
         self._loader_state: dict[str, int] | None = None
 
@@ -105,11 +104,6 @@ class CaptionedImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        caching = self.cfg.cache_latents or self.cfg.cache_text_embeddings
-        if self.trainer is not None and caching and not self._caches_filled:  # Lightning may ask twice
-            self.fill_caches(self.trainer.lightning_module, rank, world_size)
-            self.trainer.strategy.barrier("data caches filled")
-            self._caches_filled = True
         # The order is a function of (seed, epoch) only, so a resumed run sees the same batches.
         sampler = BucketSampler(self.train_dataset.item_buckets, self.cfg.batch_size, world_size, rank, self.seed)
         self._train_loader = ResumableDataLoader(

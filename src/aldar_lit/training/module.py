@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -12,11 +12,17 @@ from hydra.utils import instantiate
 from torch import nn
 
 from aldar_lit.config import LoraConfig, ModelConfig, ObjectiveConfig, OptimConfig, as_plain_dict
+from aldar_lit.data.datamodule import CaptionedImageDataModule
 from aldar_lit.models.compilation import compile_parts
 from aldar_lit.models.loading import load_sdxl
 from aldar_lit.models.lora import TE1, TE2, UNET, adapted_layers, attach_lora, uncast_adapter_inputs
 from aldar_lit.models.conditioning import encode_prompts, time_ids
 from aldar_lit.training.objective import denoising_loss
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
 class SDXLLoRAModule(L.LightningModule):
@@ -44,7 +50,15 @@ class SDXLLoRAModule(L.LightningModule):
         self.model_cfg, self.lora_cfg, self.optim_cfg, self.objective_cfg = model, lora, optim, objective
         self.seed = seed
         self.strict_loading = False  # checkpoints carry the adapters only
-        self.unet: nn.Module | None = None
+        # set by `configure_model` (SDXL is loaded there, on the run's device); read by validation and the data caches
+        self.unet: UNet2DConditionModel | None = None
+        self.vae: AutoencoderKL | None = None
+        self.text_encoder: CLIPTextModel | None = None
+        self.text_encoder_2: CLIPTextModelWithProjection | None = None
+        self.tokenizers: tuple[CLIPTokenizer, CLIPTokenizer] | None = None
+        self.noise_scheduler: DDPMScheduler | None = None
+        self.trained_parts: tuple[str, ...] = ()  # of UNET, TE1, TE2: the parts with adapters
+        self.adapted_layers: list[BaseTunerLayer] = []
 
     # -- model -----------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -73,6 +87,14 @@ class SDXLLoRAModule(L.LightningModule):
                 for encoder in (self.text_encoder, self.text_encoder_2):
                     encoder.activation_checkpointing_enable({"use_reentrant": False})
         compile_parts(self.model_cfg, self.unet, (self.text_encoder, self.text_encoder_2))
+
+    def on_fit_start(self) -> None:
+        """Fill the datamodule's latent and text caches with the frozen VAE and text encoders, now on their device:
+        each rank encodes its share of what is missing, then every rank waits for the others' files."""
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, CaptionedImageDataModule):
+            datamodule.fill_caches(self, self.trainer.global_rank, self.trainer.world_size)
+            self.trainer.strategy.barrier("data caches filled")
 
     def sdxl_modules(self) -> dict[str, nn.Module]:
         return {UNET: self.unet, TE1: self.text_encoder, TE2: self.text_encoder_2}
