@@ -103,6 +103,7 @@ def test_installed_wheel_trains_the_quickstart_from_any_directory(installed_whee
     shown = subprocess.run(["aldar-train", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=120)
     assert shown.returncode == 0 and shown.stdout.startswith("Train a character LoRA on SDXL"), shown.stderr
+    assert "the tools are aldar-train, aldar-infer, aldar-evaluate" in shown.stdout  # its examples say python train.py
     run_dir = tmp_path / "run"
     trained = subprocess.run(["aldar-train", *TINY_QUICKSTART, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
