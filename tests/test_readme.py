@@ -33,8 +33,8 @@ from conftest import REPO_ROOT
 from fixtures_openai import serve  # noqa: F401
 
 README = REPO_ROOT / "README.md"
-# README lines that are not one of the tools: the set-up, the test suite itself, and where the key comes from
-NOT_TOOLS = ("python -m venv ", "python -m pytest", "export OPENAI_API_KEY=")
+# README lines that are not one of the tools: the set-ups, the test suite itself, and where the key comes from
+NOT_TOOLS = ("python -m venv ", "pip install ", "python -m pytest", "export OPENAI_API_KEY=")
 SECRET = "sk-readme-test-0123456789"
 
 
@@ -74,10 +74,10 @@ class Command:
 
 def tool_of(words: list[str]) -> tuple[str, int] | None:
     """The tool a command line starts (`python train.py`, `srun python train.py`, `python -m aldar_lit.caption`,
-    `torchrun ... train.py`) and the index of its first argument."""
+    `torchrun ... train.py`, the installed `aldar-train`) and the index of its first argument."""
     for index, word in enumerate(words):
-        name = word.removesuffix(".py").removeprefix("aldar_lit.")
-        if name in TOOLS and (word.endswith(".py") or word.startswith("aldar_lit.")):
+        name = word.removesuffix(".py").removeprefix("aldar_lit.").removeprefix("aldar-")
+        if name in TOOLS and (word.endswith(".py") or word.startswith(("aldar_lit.", "aldar-"))):
             return name, index + 1
     return None
 
