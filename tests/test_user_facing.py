@@ -146,6 +146,23 @@ def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(
     assert sheet.getpixel((0, 2 * LINE_HEIGHT)) == (255, 0, 0)  # frame 1's red "QA failed" border
 
 
+def test_training_with_offline_wandb_prints_no_wandb_tips_and_ends_with_the_sync_command(tmp_path: Path,
+                                                                                           cache_dir: Path) -> None:
+    """W&B's info lines (version, offline notice, its own sync hint) are off the console (WANDB_SHOW_INFO, set by
+    conf/hydra/default.yaml); the closing summary names the offline run and the `wandb sync` command instead."""
+    run_dir = tmp_path / "train"
+    trained = tool("train.py", "experiment=quickstart", "callbacks=none", "data.resolution=32", "lora.rank=2",
+                   "lora.alpha=4", "data.demo.num_images=4", "data.demo.size=64", "trainer.max_steps=2",
+                   f"hydra.run.dir={run_dir}", cwd=tmp_path, env={"WANDB_SILENT": "false"})  # as users run it
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    for tip in ("Tracking run with wandb version", "W&B syncing is set to", "Run data is saved locally",
+                "You can sync this run", "wandb leet", "Find logs at"):
+        assert tip not in trained.stdout + trained.stderr
+    [sync_dir] = (run_dir / "wandb").glob("offline-run-*")
+    assert f"  W&B run (offline): {sync_dir}; upload it with: wandb sync {sync_dir}" in trained.stdout.splitlines()
+    assert list(sync_dir.glob("*.wandb"))  # what `wandb sync` uploads
+
+
 def test_evaluation_folds_frame_warnings_into_one_count_and_ends_with_its_report(tmp_path: Path, tiny_model_dir: Path,
                                                                                  demo_data_dir: Path, caplog) -> None:
     """Random tiny frames hold no face, so QA flags every frame: one counted warning, not one per frame."""

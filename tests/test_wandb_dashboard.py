@@ -19,10 +19,11 @@ TRAIN = ["experiment=quickstart", "logger=default", "data.resolution=32", "lora.
          "validation.every_n_steps=2", "validation.num_inference_steps=2", "validation.seeds=[0]", "validation.top_k=1"]
 
 
-def run_tool(script: str, run_dir: Path, *overrides: str) -> None:
+def run_tool(script: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, script, f"hydra.run.dir={run_dir}", *overrides], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def history(records) -> list[dict[str, object]]:
@@ -86,7 +87,7 @@ def test_training_run_logs_curves_per_step_images_table_and_the_adapter_artifact
 @pytest.mark.slow
 def test_evaluation_run_names_the_training_artifact_and_logs_its_tables_and_grids(trained, tmp_path, demo_data_dir):
     eval_dir = tmp_path / "evaluate"
-    run_tool("evaluate.py", eval_dir, "model=tiny", "adapters=tiny", "qa=tiny", "scorer=tiny",
+    evaluated = run_tool("evaluate.py", eval_dir, "model=tiny", "adapters=tiny", "qa=tiny", "scorer=tiny",
              f"lora.path={trained / 'lora'}", "modes=[baseline,simple]", "generation.width=32", "generation.height=32",
              "generation.steps=2", "generation.device=cpu", "suite.prompts=[aldar_kose_man smiling,aldar_kose_man]",
              "suite.seeds=[0,1]", "suite.style=''", f"reference_images={demo_data_dir}", "identity.backends=[]",
@@ -102,6 +103,8 @@ def test_evaluation_run_names_the_training_artifact_and_logs_its_tables_and_grid
     comparisons = json.loads(next(files.glob("media/table/comparisons_*.table.json")).read_text())
     assert {"ci_low", "ci_high"} <= set(comparisons["columns"]) and comparisons["data"]  # per-mode, with intervals
     assert len(list(files.glob("media/images/plots/samples_*.png"))) == 2
+    [sync_dir] = (eval_dir / "wandb").glob("offline-run-*")  # W&B's own hint is off the console: the closing one
+    assert f"  W&B run (offline): {sync_dir}; upload it with: wandb sync {sync_dir}" in evaluated.stdout.splitlines()
 
 
 def test_run_names_are_the_tool_and_its_overrides_with_paths_shortened():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,12 @@ def run_name(job: str, overrides: list[str]) -> str:
         return f"{key}={'/'.join(Path(value).parts[-2:])}" if "/" in value else override
 
     return " ".join([job, *map(short, overrides)])
+
+
+def offline_sync_line(sync_dir: str) -> str:
+    """A closing-summary line for an offline run: where it is and how to upload it (W&B's own hint is off the console,
+    WANDB_SHOW_INFO in conf/hydra/default.yaml)."""
+    return f"  W&B run (offline): {sync_dir}; upload it with: wandb sync {shlex.quote(sync_dir)}"
 
 
 def adapter_artifact_name(run_id: str) -> str:

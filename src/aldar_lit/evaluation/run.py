@@ -28,7 +28,7 @@ from aldar_lit.pipelines.generator import check_lora_dir, resolve_device
 from aldar_lit.pipelines.outputs import write_contact_sheet
 from aldar_lit.quality.face_identity import build_identity_embedders
 from aldar_lit.report_tables import fmt, markdown_table, to_csv
-from aldar_lit.tracking import trained_adapter_artifact, use_adapter_artifact
+from aldar_lit.tracking import offline_sync_line, trained_adapter_artifact, use_adapter_artifact
 from aldar_lit.training.sweep_summary import find_runs, summary_rows
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,12 @@ def write_report(cfg: EvalConfig, out_dir: Path, runs, measurements: Measurement
             plots.append(out_dir / f"samples_{mode}.png")
             captions = [f"{f.run.story} s{f.run.seed} #{f.index}: {f.prompt}" for f in frames]
             write_contact_sheet(plots[-1], [f.image for f in frames], captions, columns=4, thumb=192)
-    if cfg.wandb.enabled:
-        log_to_wandb(cfg, out_dir, summary, comparisons, plots)
-    return {"summary": summary, "comparisons": comparisons, "plots": plots}
+    sync_dir = log_to_wandb(cfg, out_dir, summary, comparisons, plots) if cfg.wandb.enabled else None
+    return {"summary": summary, "comparisons": comparisons, "plots": plots, "wandb_sync_dir": sync_dir}
 
 
-def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: list[Path]) -> None:
+def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: list[Path]) -> Optional[str]:
+    """Log the tables and plots to a W&B run; return an offline run's folder (for `wandb sync`)."""
     import wandb
 
     adapter = trained_adapter_artifact(cfg.lora.path) if cfg.lora.path else None
@@ -96,6 +96,7 @@ def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: li
                      job_type="evaluate",
                      config={"modes": cfg.modes, "seeds": cfg.suite.seeds, "base_model": cfg.model.pretrained,
                              "lora": cfg.lora.path, "lora_artifact": adapter})
+    sync_dir = run.sync_dir if run.offline else None
     try:
         if adapter is not None:
             use_adapter_artifact(run, adapter)
@@ -106,6 +107,7 @@ def log_to_wandb(cfg: EvalConfig, out_dir: Path, summary, comparisons, plots: li
                  **{f"plots/{p.stem}": wandb.Image(str(p)) for p in plots}})
     finally:
         run.finish()
+    return sync_dir
 
 
 def evaluate(cfg: EvalConfig, out_dir: Path) -> dict[str, Any]:
@@ -174,6 +176,8 @@ def closing_summary(cfg: EvalConfig, out_dir: Path, result: dict[str, Any]) -> s
     for row in result.get("summary", []):
         if row["metric"] == "score":
             lines.append(f"  score ({row['mode']}): {report.interval(row)}")
+    if result.get("wandb_sync_dir"):
+        lines.append(offline_sync_line(result["wandb_sync_dir"]))
     random_weights = cfg.random_weight_parts()
     if random_weights:
         lines.append(f"  test mode, random weights ({'; '.join(random_weights)}): these numbers measure nothing")

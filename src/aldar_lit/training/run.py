@@ -37,7 +37,7 @@ from aldar_lit.quality.references import select_references
 from aldar_lit.quality.subject_score import build_scorer
 from aldar_lit.redaction import REDACTED, is_secret_key
 from aldar_lit.tool_command import tool_command
-from aldar_lit.tracking import adapter_artifact_name, log_adapter_artifact
+from aldar_lit.tracking import adapter_artifact_name, log_adapter_artifact, offline_sync_line
 from aldar_lit.training.checkpoint_io import AtomicCheckpointIO
 from aldar_lit.training.interruption import InterruptCheckpoint, ResumeRecord, interrupted_summary
 from aldar_lit.training.module import SDXLLoRAModule
@@ -234,10 +234,12 @@ def run(cfg: DictConfig) -> float:
         summary["wandb"] = {"project": tracker.experiment.project, "run_id": run_id, "run_dir": tracker.experiment.dir,
                             "artifact": adapter_artifact_name(run_id)}
     write_run_summary(output_dir, RunSummary(**summary))
+    sync_dir = None  # an offline W&B run: its folder, for `wandb sync`
     if tracker is not None:
         log_adapter_artifact(tracker.experiment, output_dir / "lora", summary)
+        sync_dir = tracker.experiment.sync_dir if tracker.experiment.offline else None
         tracker.experiment.finish()  # a sweep runs its jobs in one process: the next job starts a new run
-    log.info(closing_summary(config, output_dir, summary))  # last, below W&B's own closing lines
+    log.info(closing_summary(config, output_dir, summary, sync_dir))  # last, below W&B's own closing lines
     if config.optimized_metric == SCORE_KEY:
         return summary["best_score"]
     metric = trainer.callback_metrics.get(config.optimized_metric)
@@ -247,8 +249,10 @@ def run(cfg: DictConfig) -> float:
     return float(metric)
 
 
-def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, Any]) -> str:
-    """The run's last lines: where its outputs are, its best score, and the command that makes a storyboard."""
+def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, Any],
+                    wandb_sync_dir: str | None = None) -> str:
+    """The run's last lines: where its outputs are, its best score, how to upload an offline W&B run, and the command
+    that makes a storyboard."""
     lora = output_dir / "lora"
     lines = [f"training finished at step {summary['global_step']}",
              f"  adapter:           {lora}",
@@ -257,6 +261,8 @@ def closing_summary(config: TrainConfig, output_dir: Path, summary: dict[str, An
         lines.append(f"  validation images: {output_dir / 'validation'}")
     if summary.get("best_score") is not None:
         lines.append(f"  best val/score:    {summary['best_score']:.4f} at step {summary['best_step']}")
+    if wandb_sync_dir is not None:
+        lines.append(offline_sync_line(wandb_sync_dir))
     infer = shlex.join([*tool_command("infer"), f"model={config.model.name}", f"lora.path={lora}"])
     if config.model.random_init is not None:  # a random-weight model: the offline, CPU-sized storyboard
         infer += " adapters=tiny qa=tiny generation.width=64 generation.height=64 generation.steps=4"
