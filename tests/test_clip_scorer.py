@@ -123,7 +123,8 @@ def test_dino_subject_fidelity(arrays):
 
 
 def test_subject_score_is_the_weighted_sum_of_the_mean_scores(scorer, arrays):
-    """val/score and evaluate.py's score: weights x (mean CLIP-T, mean CLIP-I, mean DINO); per image, the same sum."""
+    """val/score and evaluate.py's score: weights x (mean CLIP-T, mean CLIP-I, mean DINO); per image, the same sum;
+    score_se, the standard error of the per-image scores' mean."""
     dino = DinoScorer(pretrained=False, image_size=32)
     images, references, prompts = pil(arrays[:4]), pil(arrays[4:]), TEXTS[:4]
     weights = {"clip_t": 2.0, "clip_i": 0.5, "dino": 0.25}
@@ -132,8 +133,10 @@ def test_subject_score_is_the_weighted_sum_of_the_mean_scores(scorer, arrays):
              "clip_i": float(scorer.image_image(images, references).mean()),
              "dino": float(dino.image_image(images, references).mean())}
     scored = subject.score(images, prompts)
-    assert scored == pytest.approx({**means, "score": sum(weights[k] * means[k] for k in weights)}, abs=1e-6)
     per_image = subject.per_image(images, prompts)
+    standard_error = float(per_image["score"].std()) / len(images) ** 0.5  # sample SD (n - 1) / sqrt(n)
+    assert scored == pytest.approx({**means, "score": sum(weights[k] * means[k] for k in weights),
+                                    "score_se": standard_error}, abs=1e-6)
     assert float(per_image["score"].mean()) == pytest.approx(scored["score"], abs=1e-6)
     without_references = SubjectScorer(scorer, [], weights, dino).per_image(images, prompts)
     assert set(without_references) == {"clip_t"}  # no CLIP-I, DINO or score to report
