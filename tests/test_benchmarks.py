@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO_ROOT
 
 
+@pytest.mark.slow  # a benchmark's smoke run (~20-60 s); the code it times is tested on its own
 def test_train_step_suite_reports_each_variant_with_model_flops(tmp_path) -> None:
     out = tmp_path / "steps.json"
     command = [sys.executable, str(REPO_ROOT / "benchmarks" / "train_step_suite.py"), "--model", "tiny",

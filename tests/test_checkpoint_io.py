@@ -36,7 +36,7 @@ def limit_file_size() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
-@pytest.fixture(params=["full_tmpfs", "file_size_limit"])
+@pytest.fixture(params=["full_tmpfs", pytest.param("file_size_limit", marks=pytest.mark.slow)])  # same path, other fault
 def small_disk(request, tmp_path: Path):
     """(checkpoint directory, preexec_fn, expected reason): a real 1 MiB tmpfs where mounting is allowed
     (root on Linux), and the kernel's per-process file size limit everywhere."""

@@ -421,7 +421,7 @@ def test_sigterm_keeps_the_finished_frames_and_exits_non_zero(tiny_model_dir, ca
 ROOM_BYTES = 128 * 1024  # room for two 64-px frames and the manifest, not for storyboard.png (~200 KiB)
 
 
-@pytest.fixture(params=["full_tmpfs", "file_size_limit"])
+@pytest.fixture(params=["full_tmpfs", pytest.param("file_size_limit", marks=pytest.mark.slow)])  # same path, other fault
 def nearly_full_disk(request, tmp_path):
     """(output dir, preexec_fn for infer.py, the OS's reason): a real tmpfs filled up to ROOM_BYTES free (where it
     can be mounted), and the kernel's per-process file size limit of ROOM_BYTES (everywhere)."""

@@ -75,6 +75,7 @@ def test_checkpoint_holds_only_lora_and_training_state(full_run: Path) -> None:
     assert checkpoint["optimizer_states"] and checkpoint["global_step"] == 8
 
 
+@pytest.mark.slow  # the default suite resumes mid-epoch (test_resume_exact.py) and as the README types it
 def test_resume_continues_the_step_count_and_reproduces_the_run(full_run: Path, tmp_path: Path) -> None:
     resumed = tmp_path / "resumed"
     train(resumed, "trainer.max_steps=8", f"ckpt_path={full_run / 'checkpoints' / 'step-000004.ckpt'}")
@@ -169,8 +170,9 @@ def same_adapter(run_a: Path, run_b: Path) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize(("resume_from", "step"), [("step-000006.ckpt", 6),  # an evaluation follows
-                                                   ("last.ckpt", 8)])  # none does
+@pytest.mark.parametrize(("resume_from", "step"), [
+    pytest.param("step-000006.ckpt", 6, marks=pytest.mark.slow),  # an evaluation follows
+    ("last.ckpt", 8)])  # none does: the README's own resume command, and the case that used to crash
 def test_resume_into_a_new_directory_exports_the_uninterrupted_runs_best(validated_run: Path, tmp_path: Path,
                                                                          resume_from: str, step: int) -> None:
     """The README's resume command (a new run directory) keeps the top-k by val/score of the run it resumes."""
