@@ -306,7 +306,7 @@ class TrainConfig:
                     f"data=demo trains on the demo character drawn into data.demo.dir={self.data.demo.dir}, not on "
                     f"{self.data.root}; to train on your images: {command}")
         if self.ckpt_path is not None:
-            # Lightning would fetch a URL and unpickle it with weights_only=False: only local files resume
+            # Lightning would fetch a URL and unpickle it in full (code included): only local files resume
             require("://" not in self.ckpt_path, "ckpt_path",
                     f"must be a local checkpoint file, got the URL {self.ckpt_path!r}; download it first")
             require(os.path.isfile(self.ckpt_path), "ckpt_path",
