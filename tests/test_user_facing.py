@@ -136,6 +136,13 @@ def test_train_then_the_command_it_suggests_each_end_with_where_the_outputs_are(
                                                                      "frame's attempts and failures)"))
     assert lines[start + 1].strip() == f"sheet: {board_dir}/storyboard.png" and (board_dir / "storyboard.png").is_file()
     assert lines[-1].strip().startswith(f"python evaluate.py lora.path={run_dir}/lora reference_images=")
+    from aldar_lit.config.evaluate import register_evaluate_configs
+
+    register_evaluate_configs()
+    evaluate = shlex.split(lines[-1].replace("<the training images dir>", "/data"))[2:]
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        suggested = compose(config_name="evaluate", overrides=evaluate)  # offline: the tiny model, adapters, scorer
+    assert (suggested.model.name, suggested.scorer.clip.pretrained, suggested.generation.steps) == ("tiny", None, 1)
     # random weights: the page and the sheet say so at the top; every frame failed QA (no face) and is marked
     page = (board_dir / "storyboard.html").read_text()
     assert -1 < page.find("TEST MODE, random weights (model tiny, QA CLIP aldar-tiny-clip)") < page.find("<h1>")

@@ -364,9 +364,13 @@ def closing_summary(config: InferConfig, out_dir: Path, passed: list[bool]) -> s
              f"  sheet: {out_dir / 'storyboard.png'}",
              f"  page:  {out_dir / 'storyboard.html'}"]
     if config.lora.path is not None and config.mode != "baseline":
-        lines += ["next, compare it with SDXL alone and the reference-guided mode:",
-                  f"  {shlex.join(tool_command('evaluate'))} lora.path={config.lora.path} "
-                  "reference_images=<the training images dir>"]
+        evaluate = f"{shlex.join(tool_command('evaluate'))} lora.path={config.lora.path} "
+        evaluate += "reference_images=<the training images dir>"
+        if random_weight_parts(config):  # the offline, CPU-sized evaluation, as the README gives it
+            evaluate += (f" model={config.model.name} adapters=tiny qa=tiny scorer=tiny generation.width="
+                         f"{config.generation.width} generation.height={config.generation.height} "
+                         f"generation.steps={config.generation.steps} suite.seeds=[0,1]")
+        lines += ["next, compare it with SDXL alone and the reference-guided mode:", f"  {evaluate}"]
     return "\n".join(lines)
 
 
