@@ -27,7 +27,7 @@ from aldar_lit.quality.face_identity import FaceIdentityEmbedder, IdentityFace, 
 from aldar_lit.quality.faces import build_face_detector
 from aldar_lit.quality.verdicts import CUT_OFF, INVALID_POSE, MULTIPLE_FACES, NO_FACE, TOO_SMALL
 from aldar_lit.quality.references import folder_references
-from aldar_lit.quality.subject_score import SubjectScorer
+from aldar_lit.quality.subject_score import SubjectScorer, scorer_models
 
 log = logging.getLogger(__name__)
 ANOMALIES = (NO_FACE, MULTIPLE_FACES, INVALID_POSE, TOO_SMALL, CUT_OFF)
@@ -107,12 +107,8 @@ def build_scorers(cfg: EvalConfig, device: str, identity: dict[str, FaceIdentity
                   unavailable: dict[str, str]) -> Scorers:
     """CLIP and DINO, with the identity backends built (or found unavailable) by
     `quality.face_identity.build_identity_embedders`."""
-    sc = cfg.scorer
-    clip = ClipScorer(sc.clip.model_name, sc.clip.pretrained, device, sc.seed)
-    dino = None
-    if sc.dino is not None:
-        dino = DinoScorer(sc.dino.model_name, sc.dino.pretrained, device, sc.seed, sc.dino.image_size)
-    return Scorers(clip, dino, identity, unavailable, build_story_scorers(cfg, device, clip), dict(sc.weights))
+    clip, dino = scorer_models(cfg.scorer, device)
+    return Scorers(clip, dino, identity, unavailable, build_story_scorers(cfg, device, clip), dict(cfg.scorer.weights))
 
 
 def build_story_scorers(cfg: EvalConfig, device: str, clip: ClipScorer) -> StoryScorers:

@@ -7,6 +7,7 @@ evaluate.py both call `SubjectScorer`, so a checkpoint is selected by the number
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from PIL import Image
@@ -63,12 +64,18 @@ class SubjectScorer:
         return metrics
 
 
-def build_scorer(cfg: ScorerConfig, references: Sequence[Image.Image],
-                         device: str | torch.device = "cpu") -> SubjectScorer:
-    """The scorer `cfg` describes, with the references embedded once."""
+def scorer_models(cfg: ScorerConfig, device: str | torch.device = "cpu") -> tuple[ClipScorer, Optional[DinoScorer]]:
+    """The CLIP model and, when configured, the DINO model `cfg` describes."""
     clip = ClipScorer(cfg.clip.model_name, cfg.clip.pretrained, device=device, seed=cfg.seed)
     dino = None
     if cfg.dino is not None:
         dino = DinoScorer(cfg.dino.model_name, cfg.dino.pretrained, device=device, seed=cfg.seed,
                           image_size=cfg.dino.image_size)
+    return clip, dino
+
+
+def build_scorer(cfg: ScorerConfig, references: Sequence[Image.Image],
+                 device: str | torch.device = "cpu") -> SubjectScorer:
+    """The scorer `cfg` describes, with the references embedded once."""
+    clip, dino = scorer_models(cfg, device)
     return SubjectScorer(clip, references, cfg.weights, dino)
